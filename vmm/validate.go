@@ -1,0 +1,137 @@
+package vmm
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// HostMemory reports the host's total RAM in bytes.
+func HostMemory() (uint64, error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, fmt.Errorf("sysinfo: %w", err)
+	}
+	return uint64(si.Totalram) * uint64(si.Unit), nil
+}
+
+// WithDefaults fills the fields a user may leave out.
+func (c Config) WithDefaults() Config {
+	if c.CPUs == 0 {
+		c.CPUs = 1
+	}
+	if c.MemoryBytes == 0 {
+		c.MemoryBytes = DefaultMemory
+	}
+	if c.Cmdline == "" {
+		c.Cmdline = DefaultCmdline
+	}
+	if c.Console == "" {
+		c.Console = ConsoleStdio
+	}
+	if c.Accel == "" {
+		c.Accel = AccelAuto
+	}
+	if c.OnReboot == "" {
+		c.OnReboot = RebootExit
+	}
+	if c.KVMDevice == "" {
+		c.KVMDevice = DefaultKVM
+	}
+	return c
+}
+
+// Validate checks c against the host. Every error names the flag at fault
+// and how to fix it, and wraps ErrInvalidConfig.
+func (c Config) Validate(hostMemory uint64) error {
+	if c.Kernel == "" {
+		return invalid("--kernel is required: give the path of a Linux bzImage or ELF vmlinux")
+	}
+	if err := readableFile("--kernel", c.Kernel); err != nil {
+		return err
+	}
+	if c.Initrd != "" {
+		if err := readableFile("--initrd", c.Initrd); err != nil {
+			return err
+		}
+	}
+	if c.CPUs < 1 || c.CPUs > MaxCPUs {
+		return invalid("--cpus %d: want 1 to %d", c.CPUs, MaxCPUs)
+	}
+	if c.MemoryBytes < MinMemory {
+		return invalid("--memory %s: want at least %s", FormatSize(c.MemoryBytes), FormatSize(MinMemory))
+	}
+	if hostMemory > 0 && c.MemoryBytes > hostMemory {
+		return invalid("--memory %s: more than the host's %.1fG", FormatSize(c.MemoryBytes), float64(hostMemory)/(1<<30))
+	}
+	if c.MemoryBytes%(2<<20) != 0 {
+		return invalid("--memory %s: use a multiple of 2M", FormatSize(c.MemoryBytes))
+	}
+	if strings.ContainsRune(c.Cmdline, 0) {
+		return invalid("--cmdline contains a NUL byte")
+	}
+	switch c.Console {
+	case ConsoleStdio, ConsoleNone:
+	case ConsoleFile:
+		if c.ConsolePath == "" {
+			return invalid("--console file: needs a path, e.g. --console file:/tmp/console.log")
+		}
+	default:
+		return invalid("--console %q: use stdio, file:PATH or none", c.Console)
+	}
+	switch c.Accel {
+	case AccelAuto, AccelKVM, AccelTCG:
+	default:
+		return invalid("--accel %q: use auto, kvm or tcg", c.Accel)
+	}
+	switch c.OnReboot {
+	case RebootExit, RebootRestart:
+	default:
+		return invalid("--on-reboot %q: use exit or restart", c.OnReboot)
+	}
+	return nil
+}
+
+func readableFile(flag, path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return invalid("%s %s: no such file", flag, path)
+		}
+		return invalid("%s %s: %v", flag, path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return invalid("%s %s: not a regular file", flag, path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return invalid("%s %s: cannot read: %v", flag, path, err)
+	}
+	return f.Close()
+}
+
+// ParseConsole reads the --console flag: stdio, none or file:PATH.
+func ParseConsole(s string) (ConsoleKind, string, error) {
+	switch {
+	case s == "stdio" || s == "":
+		return ConsoleStdio, "", nil
+	case s == "none":
+		return ConsoleNone, "", nil
+	case strings.HasPrefix(s, "file:") && len(s) > len("file:"):
+		return ConsoleFile, strings.TrimPrefix(s, "file:"), nil
+	}
+	return "", "", invalid("--console %q: use stdio, file:PATH or none", s)
+}
+
+// FormatSize prints a byte count the way users type it (256M, 1G).
+func FormatSize(n uint64) string {
+	units := []string{"", "K", "M", "G", "T"}
+	i := 0
+	for i < len(units)-1 && n >= 1024 && n%1024 == 0 {
+		n /= 1024
+		i++
+	}
+	return fmt.Sprintf("%d%s", n, units[i])
+}
