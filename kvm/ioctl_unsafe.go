@@ -65,6 +65,9 @@ const (
 	reqSetFPU    = ioW | 0x8d | request(unsafe.Sizeof(FPU{}))<<iocSizeShift
 	reqGetLAPIC  = ioR | 0x8e | request(unsafe.Sizeof(LAPICState{}))<<iocSizeShift
 	reqSetLAPIC  = ioW | 0x8f | request(unsafe.Sizeof(LAPICState{}))<<iocSizeShift
+
+	reqGetMPState = ioR | 0x98 | request(unsafe.Sizeof(MPState(0)))<<iocSizeShift
+	reqSetMPState = ioW | 0x99 | request(unsafe.Sizeof(MPState(0)))<<iocSizeShift
 	reqSetCPUID2 = ioW | 0x90 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
 	reqGetCPUID2 = ioWR | 0x91 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
 )
@@ -108,6 +111,8 @@ func allRequests() []namedRequest {
 		{"KVM_SET_FPU", reqSetFPU},
 		{"KVM_GET_LAPIC", reqGetLAPIC},
 		{"KVM_SET_LAPIC", reqSetLAPIC},
+		{"KVM_GET_MP_STATE", reqGetMPState},
+		{"KVM_SET_MP_STATE", reqSetMPState},
 		{"KVM_SET_CPUID2", reqSetCPUID2},
 		{"KVM_GET_CPUID2", reqGetCPUID2},
 	}

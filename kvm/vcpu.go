@@ -154,6 +154,26 @@ func (v *VCPU) LAPIC() (LAPICState, error) { return vcpuGet[LAPICState](v, reqGe
 // SetLAPIC writes the in-kernel local APIC's registers (KVM_SET_LAPIC).
 func (v *VCPU) SetLAPIC(s LAPICState) error { return vcpuSet(v, reqSetLAPIC, s) }
 
+// MPState is struct kvm_mp_state: whether a vCPU runs or waits for
+// INIT/SIPI (KVM_MP_STATE_*).
+type MPState uint32
+
+// MP states wisp uses.
+const (
+	MPStateRunnable      MPState = 0
+	MPStateUninitialized MPState = 1
+	MPStateInitReceived  MPState = 2
+	MPStateHalted        MPState = 3
+)
+
+// MPState reads the vCPU's multiprocessing state (KVM_GET_MP_STATE).
+func (v *VCPU) MPState() (MPState, error) { return vcpuGet[MPState](v, reqGetMPState) }
+
+// SetMPState sets it (KVM_SET_MP_STATE). With an in-kernel LAPIC every AP
+// starts waiting for a SIPI; setting MPStateRunnable starts it at the
+// registers the VMM gave it instead.
+func (v *VCPU) SetMPState(s MPState) error { return vcpuSet(v, reqSetMPState, s) }
+
 // SetCPUID sets what CPUID returns in the guest (KVM_SET_CPUID2). Call it
 // before the first Run.
 func (v *VCPU) SetCPUID(c *CPUID) error {
