@@ -75,6 +75,9 @@ type VM struct {
 	mu      sync.Mutex
 	current *instance
 	started bool
+	// stopping holds why the host ended the VM; once set, a reset no
+	// longer boots a new instance.
+	stopping *vmm.ExitStatus
 
 	// out batches the UART's byte-at-a-time output for the console.
 	out *console.AsyncWriter
@@ -126,11 +129,32 @@ func (v *VM) Start(ctx context.Context) error {
 	return nil
 }
 
-func (v *VM) setCurrent(inst *instance) {
+// setCurrent makes inst the running instance, unless the host has asked
+// the VM to stop meanwhile; then it returns false.
+func (v *VM) setCurrent(inst *instance) bool {
 	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.stopping != nil {
+		return false
+	}
 	v.current = inst
-	v.mu.Unlock()
 	v.input.Store(&inputSink{queue: inst.serial.Queue})
+	return true
+}
+
+// requestStop records that the host ends the VM with st and ends the
+// current instance. Holding mu while reading current means a restart
+// cannot slip a new instance in between.
+func (v *VM) requestStop(st vmm.ExitStatus) {
+	v.mu.Lock()
+	if v.stopping == nil {
+		v.stopping = &st
+	}
+	inst := v.current
+	v.mu.Unlock()
+	if inst != nil {
+		inst.finish(st)
+	}
 }
 
 func (v *VM) instance() *instance {
@@ -143,9 +167,7 @@ func (v *VM) instance() *instance {
 // when asked to, and records the final status.
 func (v *VM) supervise(ctx context.Context, inst *instance) {
 	stopOnCancel := context.AfterFunc(ctx, func() {
-		if cur := v.instance(); cur != nil {
-			cur.finish(vmm.ExitStatus{Reason: vmm.ExitStopped, Detail: context.Cause(ctx).Error()})
-		}
+		v.requestStop(vmm.ExitStatus{Reason: vmm.ExitStopped, Detail: context.Cause(ctx).Error()})
 	})
 	defer stopOnCancel()
 	for {
@@ -169,7 +191,16 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 			close(v.done)
 			return
 		}
-		v.setCurrent(next)
+		if !v.setCurrent(next) {
+			// Stopped while the new instance was being built: it never ran.
+			_ = next.close()
+			_ = v.out.Close()
+			v.mu.Lock()
+			v.status = *v.stopping
+			v.mu.Unlock()
+			close(v.done)
+			return
+		}
 		next.start()
 		inst = next
 	}
@@ -243,7 +274,7 @@ func (v *VM) Stop(ctx context.Context, how vmm.StopMode) error {
 		case <-ctx.Done():
 		}
 	}
-	inst.finish(vmm.ExitStatus{Reason: vmm.ExitStopped, Detail: "stopped by the host"})
+	v.requestStop(vmm.ExitStatus{Reason: vmm.ExitStopped, Detail: "stopped by the host"})
 	<-v.done
 	return nil
 }
