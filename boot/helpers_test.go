@@ -6,11 +6,11 @@ import (
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
+	"github.com/wisp-vmm/wisp/test/fixtures"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -22,11 +22,9 @@ import (
 // wisp's guest RAM is what the loaders write to.
 var _ boot.Memory = (*memory.Memory)(nil)
 
-// testKernel returns the path of a real bzImage (Debian's cloud kernel) to
-// test against: $WISP_TEST_VMLINUZ, else one in the guest kit's cache
-// ($WISP_CACHE or ~/.cache/wisp: kernels/debian-*/vmlinuz) or a vmlinuz*
-// put under ~/.cache/wisp by hand.
-// TODO(lead): switch to fixtures.DebianKernel(t).Image (and .ELF below).
+// testKernel returns the path of a real bzImage to test against: Debian's
+// cloud kernel from the guest kit (fetched on first use), or
+// $WISP_TEST_VMLINUZ to try another.
 func testKernel(t *testing.T) string {
 	t.Helper()
 	if p := os.Getenv("WISP_TEST_VMLINUZ"); p != "" {
@@ -34,25 +32,7 @@ func testKernel(t *testing.T) string {
 		require.NoError(t, err, "WISP_TEST_VMLINUZ")
 		return p
 	}
-	var dirs []string
-	if d := os.Getenv("WISP_CACHE"); d != "" {
-		dirs = append(dirs, d)
-	}
-	if d, err := os.UserCacheDir(); err == nil {
-		dirs = append(dirs, filepath.Join(d, "wisp"))
-	}
-	for _, dir := range dirs {
-		for _, pattern := range []string{"kernels/debian-*/vmlinuz", "vmlinuz*", "*/vmlinuz*", "*/boot/vmlinuz*"} {
-			matches, _ := filepath.Glob(filepath.Join(dir, pattern))
-			sort.Strings(matches)
-			if len(matches) > 0 {
-				return matches[len(matches)-1]
-			}
-		}
-	}
-	t.Skip("SKIP: no real kernel to test against: set WISP_TEST_VMLINUZ, or let the guest kit fetch Debian's kernel " +
-		"into ~/.cache/wisp, or put one there by hand (apt-get download linux-image-6.1.0-<n>-cloud-amd64 && dpkg-deb -x)")
-	return ""
+	return fixtures.DebianKernel(t).Image
 }
 
 func readKernel(t *testing.T) []byte {

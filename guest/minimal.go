@@ -83,7 +83,9 @@ func (k *Kit) MinimalKernel(ctx context.Context) (*Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	build := filepath.Join(kernels, "build", "minimal-"+key)
+	// The build tree is per source version, not per fragment: Kbuild
+	// rebuilds only what a changed option touches.
+	build := filepath.Join(kernels, "build", "minimal-"+safeName(srcVersion))
 	return k.buildMinimal(ctx, src, build, filepath.Join(kernels, "minimal-"+key))
 }
 

@@ -1,11 +1,15 @@
 package vmm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wisp-vmm/wisp/boot"
+	"github.com/wisp-vmm/wisp/vmm/memory"
 )
 
 // HostMemory reports the host's total RAM in bytes.
@@ -134,4 +138,37 @@ func FormatSize(n uint64) string {
 		i++
 	}
 	return fmt.Sprintf("%d%s", n, units[i])
+}
+
+// CheckBoot reads the kernel and initrd and runs the loader against
+// memory that keeps nothing, so a file that is not a kernel, an initrd that
+// cannot fit or a command line that is too long is reported in one line
+// before any backend starts, the same way for KVM and for QEMU.
+func (c Config) CheckBoot() error {
+	kernel, err := os.ReadFile(c.Kernel)
+	if err != nil {
+		return invalid("--kernel %s: %v", c.Kernel, err)
+	}
+	var initrd []byte
+	if c.Initrd != "" {
+		if initrd, err = os.ReadFile(c.Initrd); err != nil {
+			return invalid("--initrd %s: %v", c.Initrd, err)
+		}
+	}
+	var ram []boot.Region
+	for _, r := range memory.Layout(c.MemoryBytes) {
+		ram = append(ram, boot.Region{GuestAddr: r.GuestAddr, Size: r.Size})
+	}
+	err = boot.Check(boot.Config{Kernel: kernel, Initrd: initrd, Cmdline: c.Cmdline, RAM: ram, CPUs: c.CPUs}, c.MemoryBytes)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, boot.ErrInitrdTooLarge):
+		return invalid("--initrd %s (%s) does not fit in --memory %s next to the kernel: give the guest more memory", c.Initrd, FormatSize(uint64(len(initrd))), FormatSize(c.MemoryBytes))
+	case errors.Is(err, boot.ErrNoRoom):
+		return invalid("--kernel %s does not fit in --memory %s: give the guest more memory", c.Kernel, FormatSize(c.MemoryBytes))
+	case errors.Is(err, boot.ErrCmdlineTooLong):
+		return invalid("--cmdline: %v", err)
+	}
+	return invalid("--kernel %s: %v", c.Kernel, err)
 }

@@ -2,13 +2,45 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
+	"time"
 
+	"github.com/wisp-vmm/wisp/test/guests/probe"
 	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/accel"
+	"github.com/wisp-vmm/wisp/vmm/kvmvm"
+	"github.com/wisp-vmm/wisp/vmm/qemu"
 )
 
-// newBackend picks and builds the backend for cfg.
-func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, stderr io.Writer) (vmm.Backend, error) {
-	return nil, errors.New("no backend yet")
+// probeTimeout bounds the probe guest: on hardware KVM it takes
+// milliseconds, so a guest that has not finished by then never will.
+const probeTimeout = 5 * time.Second
+
+// probeKVM runs the accelerator probe: host checks, then the probe guest.
+func probeKVM(ctx context.Context, kvmDevice string) accel.Result {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	return accel.Probe(ctx, accel.DefaultHost(kvmDevice), func(ctx context.Context, dev string) error {
+		return kvmvm.RunProbe(ctx, dev, probe.Image())
+	})
+}
+
+// newBackend picks and builds the backend for cfg. With --accel auto it
+// probes the host and says on stderr why it falls back to TCG.
+func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, stderr io.Writer, start time.Time) (vmm.Backend, error) {
+	chosen := cfg.Accel
+	if chosen == vmm.AccelAuto {
+		r := probeKVM(ctx, cfg.KVMDevice)
+		chosen = r.Choose(cfg.Accel)
+		if chosen == vmm.AccelTCG {
+			fmt.Fprintf(stderr, "wisp: using QEMU TCG: %s\n", r.Reason)
+		}
+	}
+	switch chosen {
+	case vmm.AccelKVM:
+		return kvmvm.New(cfg, con, kvmvm.Options{Start: start, Log: stderr, OnBootMarker: bootMarkerLogger(stderr)})
+	default:
+		return qemu.New(cfg, con, qemu.Options{Start: start, OnBootMarker: bootMarkerLogger(stderr)})
+	}
 }

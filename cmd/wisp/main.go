@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -34,11 +35,18 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
+// cli is what every command gets: the process's streams and start time.
+type cli struct {
+	stdin          *os.File
+	stdout, stderr io.Writer
+	start          time.Time
+}
+
 // run is main without os.Exit, so tests can drive the CLI in process.
 func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	ctx, stop := signalContext(context.Background())
 	defer stop()
-	root := newRootCommand(stdin, stdout, stderr)
+	root := newRootCommand(&cli{stdin: stdin, stdout: stdout, stderr: stderr, start: time.Now()})
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
@@ -81,20 +89,20 @@ type signalError struct{ sig syscall.Signal }
 
 func (s *signalError) Error() string { return "stopped by " + s.sig.String() }
 
-func newRootCommand(stdin *os.File, stdout, stderr io.Writer) *cobra.Command {
+func newRootCommand(c *cli) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "wisp",
 		Short:         "wisp boots virtual machines: KVM when it can, QEMU's TCG when it cannot",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetIn(stdin)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetIn(c.stdin)
+	root.SetOut(c.stdout)
+	root.SetErr(c.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &usageError{err}
 	})
-	root.AddCommand(newRunCommand(stdin, stdout, stderr))
+	root.AddCommand(newRunCommand(c), newDoctorCommand(c))
 	return root
 }
 

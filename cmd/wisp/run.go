@@ -3,11 +3,17 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
+	"github.com/wisp-vmm/wisp/guest"
+	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/console"
 )
@@ -21,29 +27,36 @@ type runFlags struct {
 	onReboot                string
 }
 
-func newRunCommand(stdin *os.File, stdout, stderr io.Writer) *cobra.Command {
+func newRunCommand(c *cli) *cobra.Command {
 	var f runFlags
 	cmd := &cobra.Command{
-		Use:   "run [flags]",
+		Use:   "run [flags] [-- CMD ARGS...]",
 		Short: "Boot a VM",
 		Long: `Boot a Linux kernel (bzImage or ELF vmlinux) with an optional initrd.
+Without --kernel, boot the default guest (Debian's cloud kernel and wisp's
+initramfs) to a shell. With -- CMD ARGS..., run CMD inside the guest instead
+of a shell and exit with its exit status.
 
 Exit codes: 0 guest powered off; 1 wisp failed; 2 bad input; 81 guest reset
 (unless --on-reboot=restart); 82 guest panic; 83 KVM could not emulate an
-instruction; 84 the backend died; 128+N stopped by signal N.
+instruction; 84 the backend died; 128+N stopped by signal N. With -- CMD,
+CMD's own exit status.
 
 On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, args []string) error {
+			guestCmd, err := commandArgs(cmd, args)
+			if err != nil {
+				return err
+			}
 			cfg, err := f.config()
 			if err != nil {
 				return err
 			}
-			return runVM(cmd.Context(), cfg, stdin, stdout, stderr)
+			return c.runVM(cmd.Context(), cfg, f.cmdline != "", guestCmd)
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.kernel, "kernel", "", "Linux kernel: bzImage or ELF vmlinux")
+	fl.StringVar(&f.kernel, "kernel", "", "Linux kernel: bzImage or ELF vmlinux (default: the default guest)")
 	fl.StringVar(&f.initrd, "initrd", "", "initial ramdisk")
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line (default \""+vmm.DefaultCmdline+"\")")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
@@ -54,6 +67,21 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 	return cmd
 }
 
+// commandArgs returns what follows "--": the command to run in the guest.
+func commandArgs(cmd *cobra.Command, args []string) ([]string, error) {
+	dash := cmd.ArgsLenAtDash()
+	if dash < 0 && len(args) > 0 {
+		return nil, vmm.Invalidf("unexpected argument %q: put the command to run in the guest after --, e.g. wisp run -- uname -a", args[0])
+	}
+	if dash > 0 {
+		return nil, vmm.Invalidf("unexpected argument %q before --", args[0])
+	}
+	if dash == 0 && len(args) == 0 {
+		return nil, vmm.Invalidf("nothing after --: give the command to run in the guest")
+	}
+	return args, nil
+}
+
 func (f runFlags) config() (vmm.Config, error) {
 	mem, err := vmm.ParseSize(f.memory)
 	if err != nil {
@@ -61,6 +89,12 @@ func (f runFlags) config() (vmm.Config, error) {
 	}
 	if mem == 0 {
 		return vmm.Config{}, vmm.Invalidf("--memory 0: give the guest at least %s", vmm.FormatSize(vmm.MinMemory))
+	}
+	if f.cpus < 1 {
+		return vmm.Config{}, vmm.Invalidf("--cpus %d: want 1 to %d", f.cpus, vmm.MaxCPUs)
+	}
+	if f.kernel == "" && f.initrd != "" {
+		return vmm.Config{}, vmm.Invalidf("--initrd needs --kernel: the default guest brings its own initramfs")
 	}
 	kind, path, err := vmm.ParseConsole(f.console)
 	if err != nil {
@@ -82,10 +116,29 @@ func (f runFlags) config() (vmm.Config, error) {
 	if err != nil {
 		return vmm.Config{}, err
 	}
-	if err := cfg.Validate(hostMem); err != nil {
-		return vmm.Config{}, err
+	if cfg.Kernel == "" {
+		// The default guest is filled in later; validate everything else.
+		probe := cfg
+		probe.Kernel = os.Args[0]
+		return cfg, probe.Validate(hostMem)
 	}
-	return cfg, nil
+	return cfg, cfg.Validate(hostMem)
+}
+
+// defaultGuest points cfg at Debian's cloud kernel and wisp's initramfs,
+// fetching and building them into the cache on first use.
+func (c *cli) defaultGuest(ctx context.Context, cfg *vmm.Config) error {
+	kit := &guest.Kit{CacheDir: guest.DefaultCacheDir(), Progress: c.stderr}
+	kern, err := kit.DebianKernel(ctx)
+	if err != nil {
+		return fmt.Errorf("default guest: %w", err)
+	}
+	initrd, err := kit.DefaultInitramfs(ctx, kern)
+	if err != nil {
+		return fmt.Errorf("default guest: %w", err)
+	}
+	cfg.Kernel, cfg.Initrd = kern.Image, initrd
+	return nil
 }
 
 func attachConsole(cfg vmm.Config, stdin *os.File, stdout io.Writer) (*console.Console, error) {
@@ -98,13 +151,61 @@ func attachConsole(cfg vmm.Config, stdin *os.File, stdout io.Writer) (*console.C
 	return console.Stdio(stdin, stdout)
 }
 
+// commandCmdline adds what wisp's init needs to run argv: the command, quiet
+// boot messages, and the console's mode and size.
+func (c *cli) commandCmdline(cmdline string, userCmdline bool, argv []string) (string, error) {
+	param, err := initproto.EncodeCmd(argv)
+	if err != nil {
+		return "", vmm.Invalidf("-- %s: %v", strings.Join(argv, " "), err)
+	}
+	parts := []string{cmdline}
+	if !userCmdline {
+		parts = append(parts, "quiet")
+	}
+	parts = append(parts, param)
+	if fd := int(c.stdin.Fd()); term.IsTerminal(fd) {
+		if cols, rows, err := term.GetSize(fd); err == nil {
+			parts = append(parts, initproto.Winsize(uint16(cols), uint16(rows)))
+		}
+	} else {
+		// Pipes want the command's bytes as they are: no echo, no \r\n.
+		parts = append(parts, initproto.ParamTTY+"=raw")
+	}
+	full := strings.Join(parts, " ")
+	if len(full) > initproto.MaxCmdline {
+		return "", vmm.Invalidf("-- %s: the command does not fit on the kernel command line (%d bytes, at most %d)", strings.Join(argv, " "), len(full), initproto.MaxCmdline)
+	}
+	return full, nil
+}
+
 // runVM boots cfg and turns the way the guest ended into an exit code.
-func runVM(ctx context.Context, cfg vmm.Config, stdin *os.File, stdout, stderr io.Writer) error {
-	con, err := attachConsole(cfg, stdin, stdout)
+func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv []string) error {
+	if cfg.Kernel == "" {
+		if err := c.defaultGuest(ctx, &cfg); err != nil {
+			return err
+		}
+	}
+	if len(argv) > 0 {
+		full, err := c.commandCmdline(cfg.Cmdline, userCmdline, argv)
+		if err != nil {
+			return err
+		}
+		cfg.Cmdline = full
+	}
+	if err := cfg.CheckBoot(); err != nil {
+		return err
+	}
+	con, err := attachConsole(cfg, c.stdin, c.stdout)
 	if err != nil {
 		return err
 	}
 	defer con.Close()
+	out := con.Out
+	var status *initproto.ExitFilter
+	if len(argv) > 0 {
+		status = initproto.NewExitFilter(con.Out)
+		out = status
+	}
 
 	// Ctrl-A x on the console stops the VM like a signal does.
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -117,11 +218,14 @@ func runVM(ctx context.Context, cfg vmm.Config, stdin *os.File, stdout, stderr i
 		}
 	}()
 
-	backend, err := newBackend(ctx, cfg, vmm.Console{In: con.In, Out: con.Out}, stderr)
+	backend, err := newBackend(ctx, cfg, vmm.Console{In: con.In, Out: out}, c.stderr, c.start)
 	if err != nil {
 		return err
 	}
 	st, err := vmm.NewMachine(cfg, backend).Run(ctx)
+	if status != nil {
+		_ = status.Flush()
+	}
 	_ = con.Close() // restore the terminal before printing
 	if err != nil {
 		return &exitError{code: vmm.CodeError, err: err}
@@ -136,6 +240,13 @@ func runVM(ctx context.Context, cfg vmm.Config, stdin *os.File, stdout, stderr i
 		}
 		return &exitError{code: vmm.CodeError, err: errors.New(st.Detail)}
 	}
+	if status != nil && st.Reason == vmm.ExitPoweroff {
+		code, ok := status.Status()
+		if !ok {
+			return &exitError{code: vmm.CodeError, err: errors.New("the guest powered off without reporting the command's exit status (is its initramfs one wisp built?)")}
+		}
+		return &exitError{code: code}
+	}
 	code := vmm.ExitCode(st)
 	if code == 0 {
 		return nil
@@ -148,3 +259,14 @@ func runVM(ctx context.Context, cfg vmm.Config, stdin *os.File, stdout, stderr i
 }
 
 var errQuit = errors.New("quit from the console (Ctrl-A x)")
+
+// bootMarkerLogger prints boot markers when WISP_BOOT_MARKERS is set, for
+// benchmarks and for seeing where a boot spends its time.
+func bootMarkerLogger(w io.Writer) func(code byte, since time.Duration) {
+	if os.Getenv("WISP_BOOT_MARKERS") == "" {
+		return nil
+	}
+	return func(code byte, since time.Duration) {
+		fmt.Fprintf(w, "wisp: boot marker %#02x at %v\n", code, since.Round(time.Microsecond))
+	}
+}

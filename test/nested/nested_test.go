@@ -75,6 +75,9 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 		os.Stat(f) // for go test's result cache; see SourceFiles
 	}
 	work := t.TempDir()
+	if cfg.TestFiles == "" {
+		cfg.TestFiles = linuxTestFiles(ctx, t, work)
+	}
 	ird := NewInitramfs()
 	plan := protocol.Plan{Env: innerEnv(cfg)}
 	var toRun []TestPackage

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wisp-vmm/wisp/test/fixtures"
+	"github.com/wisp-vmm/wisp/vmm"
+)
+
+// runCLI runs wisp in process with stdin from /dev/null.
+func runCLI(t *testing.T, env map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	devnull, err := os.Open(os.DevNull)
+	require.NoError(t, err)
+	defer devnull.Close()
+	var out, errOut bytes.Buffer
+	code = run(args, devnull, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestBadInput checks that every mistake a user can make gets one line
+// naming the problem and the fix, a non-zero exit, and no Go stack trace.
+func TestBadInput(t *testing.T) {
+	dir := t.TempDir()
+	notKernel := filepath.Join(dir, "notes.txt")
+	require.NoError(t, os.WriteFile(notKernel, []byte("this is not a kernel\n"), 0o644))
+	hugeInitrd := filepath.Join(dir, "huge.img")
+	f, err := os.Create(hugeInitrd)
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(64<<20)) // sparse: costs no disk
+	require.NoError(t, f.Close())
+
+	tests := []struct {
+		name string
+		env  map[string]string
+		args []string
+		code int
+		want string
+	}{
+		{"missing kernel file", nil, []string{"run", "--kernel", filepath.Join(dir, "vmlinuz")}, vmm.CodeUsage, "no such file"},
+		{"zero memory", nil, []string{"run", "--kernel", notKernel, "--memory", "0"}, vmm.CodeUsage, "--memory 0: give the guest at least 16M"},
+		{"memory beyond host", nil, []string{"run", "--kernel", notKernel, "--memory", "64T"}, vmm.CodeUsage, "more than the host's"},
+		{"bad memory unit", nil, []string{"run", "--kernel", notKernel, "--memory", "1Q"}, vmm.CodeUsage, "unknown unit"},
+		{"zero cpus", nil, []string{"run", "--kernel", notKernel, "--cpus", "0"}, vmm.CodeUsage, "--cpus 0: want 1 to 64"},
+		{"too many cpus", nil, []string{"run", "--kernel", notKernel, "--cpus", "65"}, vmm.CodeUsage, "--cpus 65: want 1 to 64"},
+		{"bad console", nil, []string{"run", "--kernel", notKernel, "--console", "tty"}, vmm.CodeUsage, "use stdio, file:PATH or none"},
+		{"bad accel", nil, []string{"run", "--kernel", notKernel, "--accel", "hvf"}, vmm.CodeUsage, "use auto, kvm or tcg"},
+		{"initrd without kernel", nil, []string{"run", "--initrd", notKernel}, vmm.CodeUsage, "--initrd needs --kernel"},
+		{"argument without dash", nil, []string{"run", "uname"}, vmm.CodeUsage, "put the command to run in the guest after --"},
+		{"unknown flag", nil, []string{"run", "--kernal", notKernel}, vmm.CodeUsage, "unknown flag: --kernal"},
+		{"not a kernel", nil, []string{"run", "--kernel", notKernel}, vmm.CodeUsage, "not a Linux kernel"},
+		{"initrd does not fit", nil, []string{"run", "--kernel", debianKernel(t), "--initrd", hugeInitrd, "--memory", "64M"}, vmm.CodeUsage, "does not fit in --memory 64M"},
+		{"kvm device missing", map[string]string{"WISP_KVM_DEVICE": filepath.Join(dir, "kvm")}, []string{"run", "--kernel", debianKernel(t), "--accel", "kvm"}, vmm.CodeError, "is the kvm module loaded"},
+		{"kvm device not a device", map[string]string{"WISP_KVM_DEVICE": notKernel}, []string{"run", "--kernel", debianKernel(t), "--accel", "kvm"}, vmm.CodeError, "not a KVM device"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, tt.env, tt.args...)
+			assert.Equal(t, tt.code, code, "stderr: %s", stderr)
+			assert.Contains(t, stderr, tt.want)
+			assert.Equal(t, 1, strings.Count(stderr, "\n"), "one line: %q", stderr)
+			assert.NotContains(t, stderr, "goroutine", "no Go stack trace")
+		})
+	}
+}
+
+func debianKernel(t *testing.T) string { return fixtures.DebianKernel(t).Image }
