@@ -26,13 +26,15 @@ const maxModuleSize = 64 << 20
 // DefaultModules are the modules the default initramfs loads when the
 // kernel has them as modules (Debian's cloud kernel does): virtio over PCI
 // with the block, network, console, entropy, balloon and vsock drivers,
-// and ext4 for a disk root. Their dependencies are added automatically.
+// ext4 for a disk root, and pvpanic. Their dependencies are added automatically.
 func DefaultModules() []string {
 	return []string{
 		"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
 		"virtio_blk", "failover", "net_failover", "virtio_net", "virtio_rng", "virtio_console",
 		"virtio_balloon", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 		"ext4",
+		// pvpanic tells the VMM about a guest panic before panic=-1 reboots.
+		"pvpanic", "pvpanic_mmio",
 	}
 }
 

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
 )
 
 // lineWriter calls fn for each complete line written to it.
@@ -55,6 +57,12 @@ func newObjectCounter(w io.Writer, description string, expected int) *objectCoun
 	if expected <= 0 {
 		max = -1
 	}
+	// A log file or CI output is not redrawn in place: update it rarely
+	// there, so a long build leaves a few lines, not thousands.
+	throttle := 200 * time.Millisecond
+	if f, ok := w.(*os.File); !ok || !term.IsTerminal(int(f.Fd())) {
+		throttle = 15 * time.Second
+	}
 	return &objectCounter{known: expected > 0, bar: progressbar.NewOptions64(max,
 		progressbar.OptionSetWriter(w),
 		progressbar.OptionSetDescription(description),
@@ -62,7 +70,7 @@ func newObjectCounter(w io.Writer, description string, expected int) *objectCoun
 		progressbar.OptionSetItsString("objects"),
 		progressbar.OptionShowIts(),
 		progressbar.OptionSetElapsedTime(true),
-		progressbar.OptionThrottle(200*time.Millisecond),
+		progressbar.OptionThrottle(throttle),
 		progressbar.OptionSetWidth(30),
 		progressbar.OptionOnCompletion(func() { fmt.Fprintln(w) }),
 	)}

@@ -80,6 +80,9 @@ type Config struct {
 	// MMIO window; ECAM is cut out of it.
 	MMIO32Start uint64
 	MMIO32End   uint64
+	// PVPanicPort is the I/O port of a pvpanic device (QEMU0001), 0 for
+	// none.
+	PVPanicPort uint16
 	// I8042 tells the guest an i8042 keyboard controller exists
 	// (IAPC_BOOT_ARCH 8042 flag); without it Linux skips probing one.
 	// The reset register at port 0x64 is advertised either way.

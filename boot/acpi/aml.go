@@ -34,6 +34,7 @@ const (
 	amlRootChar       = '\\'
 	amlParentPrefix   = '^'
 	amlReturnOp       = 0xa4
+	amlStringPrefix   = 0x0d
 	amlNullName       = 0x00
 
 	// amlMaxPkgLength is the largest PkgLength: 28 bits.
@@ -226,6 +227,17 @@ func (a *aml) method(path string, args int, terms ...[]byte) []byte {
 }
 
 // ret encodes Return(value).
+// str encodes an ASCII string constant (StringPrefix AsciiCharList
+// NullChar); _HIDs that are not EISA IDs, such as "QEMU0001", are strings.
+func (a *aml) str(s string) []byte {
+	for _, c := range []byte(s) {
+		if c == 0 || c > 0x7f {
+			return a.fail("AML string %q: want 7-bit ASCII without NUL", s)
+		}
+	}
+	return append(append([]byte{amlStringPrefix}, s...), 0)
+}
+
 func (a *aml) ret(value []byte) []byte { return append([]byte{amlReturnOp}, value...) }
 
 func concat(head []byte, rest ...[]byte) []byte {

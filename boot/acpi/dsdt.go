@@ -26,7 +26,12 @@ const (
 //	    Device (PCI0) { _HID PNP0A08, _CID PNP0A03, _SEG 0, _BBN 0, _UID 0,
 //	                    _CRS: bus 0-0, I/O 0xcf8/8, I/O 0x0d00-0xffff, 32-bit MMIO window(s) }
 //	    Device (MRES) { _HID PNP0C02, _CRS: ECAM }
+//	    Device (PEVT) { _HID "QEMU0001", _CRS: I/O pvpanic port }   (if PVPanicPort != 0)
 //	}
+//
+// PEVT is the pvpanic device under the ACPI ID Linux's pvpanic-mmio
+// driver (and QEMU) use, so a guest panic reaches the VMM before the
+// guest reboots.
 //
 // MRES reserves ECAM as a motherboard resource, which is where Linux looks
 // before it trusts the MCFG table (arch/x86/pci/mmconfig-shared.c).
@@ -70,12 +75,26 @@ func buildDSDT(c Config) ([]byte, error) {
 				a.name("_UID", a.integer(0)),
 				a.name("_CRS", a.resourceTemplate(memory32Fixed(uint32(c.ECAMBase), uint32(ECAMSize)))),
 			),
+			pvpanicDevice(&a, c.PVPanicPort),
 		),
 	)
 	if err := a.err(); err != nil {
 		return nil, err
 	}
 	return table("DSDT", dsdtRevision, code), nil
+}
+
+// pvpanicDevice is the pvpanic device's AML, or nothing without a port.
+func pvpanicDevice(a *aml, port uint16) []byte {
+	if port == 0 {
+		return nil
+	}
+	return a.device("PEVT",
+		a.name("_HID", a.str("QEMU0001")),
+		a.name("_UID", a.integer(0)),
+		a.method("_STA", 0, a.ret(a.integer(staPresent))),
+		a.name("_CRS", a.resourceTemplate(ioPort(port, port, 1, 1))),
+	)
 }
 
 // mmioWindows is [MMIO32Start, MMIO32End) with ECAM cut out: zero, one or

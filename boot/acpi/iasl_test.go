@@ -50,7 +50,7 @@ func disassemble(t *testing.T, iasl, dir string, tb acpi.Table) string {
 func TestIASLDisassembly(t *testing.T) {
 	iasl := lookTool(t, "iasl")
 	const cpus = 5
-	tables := build(t, acpi.Config{CPUs: cpus})
+	tables := build(t, acpi.Config{CPUs: cpus, PVPanicPort: 0x505})
 	dsdt, _ := tables.Find("DSDT")
 	facs, _ := tables.Find("FACS")
 
@@ -102,6 +102,7 @@ func TestIASLDisassembly(t *testing.T) {
 			`DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,\s*0x00000000,\s*0xC0000000,\s*0xE7FFFFFF,`,
 			`DWordMemory \(ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,\s*0x00000000,\s*0xE8100000,\s*0xFEBFFFFF,`,
 			`EisaId \("PNP0C02"\)`, `Memory32Fixed \(ReadWrite,\s*0xE8000000,\s*0x00100000,`,
+			`Device \(PEVT\)`, `Name \(_HID, "QEMU0001"\)`, `IO \(Decode16,\s*0x0505,\s*0x0505,\s*0x01,\s*0x01,`,
 		}},
 	}
 	dir := t.TempDir()

@@ -31,9 +31,9 @@ func DefaultHost(kvmDevice string) Host {
 	return Host{KVMDevice: kvmDevice, SysModule: "/sys/module", CPUInfo: "/proc/cpuinfo"}
 }
 
-// GuestProbe runs the probe guest on an open KVM and returns nil when it
+// GuestProbe runs the probe guest on the KVM device and returns nil when it
 // completed, or an error whose text names the step that failed.
-type GuestProbe func(ctx context.Context, sys *kvm.System) error
+type GuestProbe func(ctx context.Context, kvmDevice string) error
 
 // Result is what the probe found.
 type Result struct {
@@ -100,14 +100,14 @@ func probe(ctx context.Context, h Host, guest GuestProbe) Result {
 		r.Findings = append(r.Findings, err.Error())
 		return r
 	}
-	defer sys.Close()
 	r.Findings = append(r.Findings, fmt.Sprintf("%s opened, KVM API version %d", h.KVMDevice, sys.APIVersion()))
+	sys.Close()
 
 	if guest == nil {
 		r.Reason = "no probe guest to run"
 		return r
 	}
-	if err := guest(ctx, sys); err != nil {
+	if err := guest(ctx, h.KVMDevice); err != nil {
 		r.Findings = append(r.Findings, "probe guest: "+err.Error())
 		if pvm {
 			r.Reason = "KVM here is PVM and cannot run unmodified guests (" + err.Error() + ")"

@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 
@@ -60,7 +59,7 @@ func TestProbePermissionDenied(t *testing.T) {
 // verdict is consistent with what the machine is.
 func TestProbeThisHost(t *testing.T) {
 	h := DefaultHost("")
-	failing := func(context.Context, *kvm.System) error { return errors.New("emulation failure at xrstor") }
+	failing := func(context.Context, string) error { return errors.New("emulation failure at xrstor") }
 	r := Probe(context.Background(), h, failing)
 	t.Logf("probe: kvm=%v reason=%q findings=%q took=%v", r.KVM, r.Reason, r.Findings, r.Took)
 	assert.False(t, r.KVM, "a failing guest probe never yields KVM")

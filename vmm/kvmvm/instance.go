@@ -251,6 +251,7 @@ func (inst *instance) load(cfg vmm.Config) (boot.CPUState, error) {
 			PM1aEventPort:   pm1aEventPort,
 			PM1aControlPort: pm1aCtrlPort,
 			PMTimerPort:     pmTimerPort,
+			PVPanicPort:     pvpanicPort,
 		},
 	})
 	if err != nil {
