@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"os"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -11,9 +13,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wisp-vmm/wisp/boot"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/guests"
+	"github.com/wisp-vmm/wisp/test/guests/probe"
 	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/accel"
 )
 
 // requireKVM skips, saying why, when this machine cannot run KVM guests.
@@ -231,4 +236,37 @@ func TestGSIRoutes(t *testing.T) {
 	assert.Equal(t, uint32(4), ioapic[4])
 	assert.Equal(t, uint32(23), ioapic[23])
 	assert.Len(t, ioapic, ioapicPins-1)
+}
+
+// hostIsPVM says whether /dev/kvm here is PVM, which cannot run the probe.
+func hostIsPVM() bool {
+	_, err := os.Stat("/sys/module/kvm_pvm")
+	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
+	return err == nil && !regexp.MustCompile(`\b(svm|vmx)\b`).Match(cpuinfo)
+}
+
+func TestProbeGuest(t *testing.T) {
+	requireKVM(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := RunProbe(ctx, vmm.DefaultKVM, probe.Image())
+	if hostIsPVM() {
+		require.ErrorIs(t, err, ErrProbeFailed)
+		assert.Contains(t, err.Error(), "emulation failure")
+		return
+	}
+	require.NoError(t, err, "KVM that runs unmodified guests passes every probe step")
+
+	r := accel.Probe(ctx, accel.DefaultHost(vmm.DefaultKVM), func(ctx context.Context, dev string) error {
+		return RunProbe(ctx, dev, probe.Image())
+	})
+	assert.True(t, r.KVM, "reason: %s, findings: %q", r.Reason, r.Findings)
+	assert.Equal(t, vmm.AccelKVM, r.Choose(vmm.AccelAuto))
+}
+
+func TestProbeRejectsBrokenImage(t *testing.T) {
+	requireKVM(t)
+	err := RunProbe(context.Background(), vmm.DefaultKVM, []byte("not an ELF"))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, boot.ErrNotKernel)
 }
