@@ -73,6 +73,8 @@ func recipeFor(name string) (recipe, error) {
 		return recipe{sources: []string{"smp.S", "lib64.S"}}, nil
 	case Probe:
 		return recipe{sources: []string{"probe.S", "lib64.S"}}, nil
+	case EmuFail:
+		return recipe{sources: []string{"emufail.S", "lib64.S"}}, nil
 	}
 	return recipe{}, fmt.Errorf("%w %q (known: %s)", ErrUnknownGuest, name, strings.Join(Names(), ", "))
 }
@@ -277,6 +279,7 @@ func defines() []string {
 		"SMP_MAX_CPUS":             SMPMaxCPUs,
 		"SMP_WAIT_SPINS":           smpWaitSpins,
 		"SMP_COUNT_SPINS":          smpCountSpins,
+		"EMUFAIL_TARGET":           EmuFailTarget,
 		"PROBE_TIMER_VECTOR":       probe.TimerVector,
 		"PROBE_TIMER_COUNT":        probe.TimerCount,
 		"PROBE_TIMER_SPINS":        probe.TimerSpins,
@@ -294,6 +297,7 @@ func defines() []string {
 		"TRIPLEFAULT_SURVIVED_MSG": TripleFaultSurvivedOutput,
 		"SMP_DONE_MSG":             smpDonePrefix,
 		"SMP_TIMEOUT_MSG":          smpTimeoutPrefix,
+		"EMUFAIL_MSG":              EmuFailOutput,
 	}
 	var defs []string
 	for k, v := range nums {

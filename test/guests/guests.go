@@ -50,6 +50,10 @@ const (
 	// 0 at SMPExpectedAddr it waits a short bounded loop and reports how
 	// many arrived.
 	SMP = "smp.elf"
+	// EmuFail is an ELF64 (64-bit entry) that prints EmuFailOutput and
+	// jumps to EmuFailTarget, in the PCI hole: fetching instructions from
+	// MMIO is an emulation failure on every KVM.
+	EmuFail = "emufail.elf"
 	// Probe is the KVM usability probe: an ELF64 (64-bit entry) that writes
 	// step codes to MarkerPort (see package probe) and powers off.
 	Probe = "probe.elf"
@@ -57,7 +61,7 @@ const (
 
 // Names lists every guest.
 func Names() []string {
-	return []string{RealMode, LongMode, PVH, MMIO, TripleFault, SMP, Probe}
+	return []string{RealMode, LongMode, PVH, MMIO, TripleFault, SMP, EmuFail, Probe}
 }
 
 // Ports, addresses and values the guests use. They are passed to the
@@ -74,6 +78,7 @@ const (
 	MMIOReadAddr          = 0xd0000004    //
 	MMIOWriteValue        = 0x57495350    // "WISP" read as a big-endian word
 	LAPICAddr             = 0xfee00000    // xAPIC MMIO base (Probe)
+	EmuFailTarget         = 0xd0001000    // EmuFail jumps here: no RAM, no device
 	PVHStartMagic         = 0x336ec578    // hvm_start_info.magic
 	xenElfnotePhys32Entry = 18            // XEN_ELFNOTE_PHYS32_ENTRY
 	// SMPExpectedAddr is where the test writes, as a little-endian
@@ -95,6 +100,7 @@ const (
 	PVHOutput                 = "wisp pvh\n"
 	PVHBadStartInfoOutput     = "wisp pvh: bad start_info magic\n"
 	TripleFaultOutput         = "wisp triple fault\n"
+	EmuFailOutput             = "wisp emulation failure\n"
 	TripleFaultSurvivedOutput = "wisp triple fault: survived int3\n"
 	mmioPrefix                = "wisp mmio 0x"
 	smpDonePrefix             = "wisp smp: "

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"regexp"
 	"sync"
@@ -269,4 +270,14 @@ func TestProbeRejectsBrokenImage(t *testing.T) {
 	err := RunProbe(context.Background(), vmm.DefaultKVM, []byte("not an ELF"))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, boot.ErrNotKernel)
+}
+
+func TestEmulationFailureIsReportedInOneLine(t *testing.T) {
+	requireKVM(t)
+	out, st := runGuest(t, vmm.Config{Kernel: guests.Build(t, guests.EmuFail)}, Options{})
+	assert.Contains(t, out, guests.EmuFailOutput)
+	require.Equal(t, vmm.ExitEmulationFailure, st.Reason, st.Detail)
+	assert.Equal(t, vmm.CodeEmulationFailure, vmm.ExitCode(st))
+	assert.Regexp(t, fmt.Sprintf(`^vCPU 0: KVM internal error \(.+\) at RIP %#x`, guests.EmuFailTarget), st.Detail)
+	assert.NotContains(t, st.Detail, "\n")
 }
