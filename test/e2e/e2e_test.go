@@ -233,3 +233,22 @@ func TestDoctor(t *testing.T) {
 		assert.Contains(t, r.stdout, "accelerator: tcg (QEMU), because no /dev/kvm")
 	}
 }
+
+func TestRebootRestartBootsAgain(t *testing.T) {
+	requireQEMU(t)
+	cmd := exec.Command(wispBin, args("--on-reboot", "restart", "--", "reboot", "-f")...)
+	cmd.Env = append(os.Environ(), "WISP_BOOT_MARKERS=1")
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
+	require.NoError(t, cmd.Start())
+	deadline := time.Now().Add(3 * time.Minute)
+	for strings.Count(stderr.String(), "boot marker 0x7f") < 2 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.GreaterOrEqual(t, strings.Count(stderr.String(), "boot marker 0x7f"), 2, "the guest reached userspace twice: %s", stderr.String())
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	assert.Equal(t, vmm.CodeSignalBase+int(syscall.SIGTERM), ee.ExitCode())
+}
