@@ -75,3 +75,19 @@ func TestBadInput(t *testing.T) {
 }
 
 func debianKernel(t *testing.T) string { return fixtures.DebianKernel(t).Image }
+
+func TestKernelCommands(t *testing.T) {
+	if testing.Short() {
+		t.Skip("SKIP (-short): may fetch Debian's kernel or build the minimal one")
+	}
+	fixtures.DebianKernel(t) // fetched once, shared through the cache
+	code, stdout, stderr := runCLI(t, nil, "kernel", "fetch")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "image:   ")
+	assert.Contains(t, stdout, "modules: ")
+
+	fixtures.MinimalKernel(t)
+	code, stdout, stderr = runCLI(t, nil, "kernel", "build")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "vmlinux: ")
+}
