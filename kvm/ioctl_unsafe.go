@@ -68,8 +68,8 @@ const (
 
 	reqGetMPState = ioR | 0x98 | request(unsafe.Sizeof(MPState(0)))<<iocSizeShift
 	reqSetMPState = ioW | 0x99 | request(unsafe.Sizeof(MPState(0)))<<iocSizeShift
-	reqSetCPUID2 = ioW | 0x90 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
-	reqGetCPUID2 = ioWR | 0x91 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
+	reqSetCPUID2  = ioW | 0x90 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
+	reqGetCPUID2  = ioWR | 0x91 | request(unsafe.Sizeof(kvmCPUID2Header{}))<<iocSizeShift
 )
 
 // namedRequest pairs a request with its C name.
