@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wisp-vmm/wisp/test/fixtures"
+	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 
@@ -192,7 +193,7 @@ func TestSignalsStopAndCleanUp(t *testing.T) {
 			stdin, err := cmd.StdinPipe() // kept open: the shell waits for input
 			require.NoError(t, err)
 			defer stdin.Close()
-			stderr := &syncBuffer{}
+			stderr := &testutil.SyncBuffer{}
 			cmd.Stderr = stderr
 			require.NoError(t, cmd.Start())
 			deadline := time.Now().Add(2 * time.Minute)
@@ -238,7 +239,7 @@ func TestRebootRestartBootsAgain(t *testing.T) {
 	requireQEMU(t)
 	cmd := exec.Command(wispBin, args("--on-reboot", "restart", "--", "reboot", "-f")...)
 	cmd.Env = append(os.Environ(), "WISP_BOOT_MARKERS=1")
-	stderr := &syncBuffer{}
+	stderr := &testutil.SyncBuffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	deadline := time.Now().Add(3 * time.Minute)

@@ -21,6 +21,7 @@ import (
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/fixtures"
+	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/kvmvm"
 )
@@ -45,23 +46,6 @@ func minimalLinux(t *testing.T) (vmlinux, initrd string) {
 	k := fixtures.MinimalKernel(t)
 	require.NotEmpty(t, k.ELF, "the minimal kernel has an ELF vmlinux")
 	return k.ELF, fixtures.DefaultInitramfs(t, k)
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // kvmIsPVM says whether this host's KVM is PVM, which cannot run an
@@ -91,7 +75,7 @@ func TestMinimalLinuxOnKVM(t *testing.T) {
 		CPUs:    cpus,
 	}.WithDefaults()
 
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	var markers []byte
 	var mu sync.Mutex
 	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{

@@ -18,6 +18,7 @@ import (
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/guests"
 	"github.com/wisp-vmm/wisp/test/guests/probe"
+	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"
 )
@@ -32,29 +33,11 @@ func requireKVM(t *testing.T) {
 	sys.Close()
 }
 
-// syncBuffer is console output shared between the vCPU thread and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // boot runs a guest to its end (bounded by a generous deadline that only a
 // hung VMM reaches) and returns its console output and exit status.
 func runGuest(t *testing.T, cfg vmm.Config, opts Options) (string, vmm.ExitStatus) {
 	t.Helper()
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cfg = cfg.WithDefaults()
 	vm, err := New(cfg, vmm.Console{Out: &out}, opts)
 	require.NoError(t, err)
@@ -141,7 +124,7 @@ func TestTripleFaultIsReset(t *testing.T) {
 
 func TestResetRestartsUnderRestartPolicy(t *testing.T) {
 	requireKVM(t)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cfg := vmm.Config{Kernel: guests.Build(t, guests.TripleFault), OnReboot: vmm.RebootRestart}.WithDefaults()
 	vm, err := New(cfg, vmm.Console{Out: &out}, Options{})
 	require.NoError(t, err)
@@ -180,7 +163,7 @@ func TestSMPEachVCPUReports(t *testing.T) {
 
 func TestRealModePauseResumeStop(t *testing.T) {
 	requireKVM(t)
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	cfg := vmm.Config{Kernel: guests.Build(t, guests.RealMode)}.WithDefaults()
 	vm, err := New(cfg, vmm.Console{Out: &out}, Options{FlatBinary: true})
 	require.NoError(t, err)
