@@ -43,9 +43,13 @@ deps:
 run: deps build
 	./$(BIN) run
 
+# test prints each package's result, every failure in full, every skip with
+# its reason, and a closing count; the raw `go test -json` stream is kept in
+# bin/test.json.
 test: deps build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 80m ./... 2>&1 | tee /tmp/wisp-test.log; exit $${PIPESTATUS[0]}
+	$(GO) build -o bin/report ./test/report
+	set -o pipefail; $(GO) test -json -count=1 -timeout 80m ./... 2>&1 | tee bin/test.json | ./bin/report
 
 test-short: build
 	$(GO) test -short -count=1 ./...
