@@ -61,6 +61,12 @@ func (c Config) Validate(hostMemory uint64) error {
 			return err
 		}
 	}
+	return c.ValidateMachine(hostMemory)
+}
+
+// ValidateMachine checks everything but the boot files, for callers that
+// fill those in later (the default guest).
+func (c Config) ValidateMachine(hostMemory uint64) error {
 	if c.CPUs < 1 || c.CPUs > MaxCPUs {
 		return invalid("--cpus %d: want 1 to %d", c.CPUs, MaxCPUs)
 	}

@@ -117,10 +117,8 @@ func (f runFlags) config() (vmm.Config, error) {
 		return vmm.Config{}, err
 	}
 	if cfg.Kernel == "" {
-		// The default guest is filled in later; validate everything else.
-		probe := cfg
-		probe.Kernel = os.Args[0]
-		return cfg, probe.Validate(hostMem)
+		// The default guest's files are filled in later.
+		return cfg, cfg.ValidateMachine(hostMem)
 	}
 	return cfg, cfg.Validate(hostMem)
 }

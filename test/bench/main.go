@@ -2,7 +2,12 @@
 // initramfs and command line, in one run, and prints medians and ratios.
 // `make bench` runs it; nothing here asserts a time.
 //
-//	go run ./test/bench [-n 5] [-wisp bin/wisp]
+// First wisp's TCG backend against bare QEMU TCG (Debian's and the minimal
+// kernel), then the accelerator probe, then wisp's KVM backend against
+// QEMU's microvm on KVM (package kvmcompare): on this host's /dev/kvm if
+// it has one, else inside test/nested's VM, with nested KVM under TCG.
+//
+//	go run ./test/bench [-n 5] [-wisp bin/wisp] [-kvm-only]
 package main
 
 import (
@@ -43,14 +48,15 @@ type subject struct {
 func main() {
 	n := flag.Int("n", 5, "runs per subject (the median is reported)")
 	wispBin := flag.String("wisp", "bin/wisp", "the wisp binary to measure")
+	kvmOnly := flag.Bool("kvm-only", false, "only the KVM comparison (no TCG tables, no probe timing)")
 	flag.Parse()
-	if err := bench(*n, *wispBin); err != nil {
+	if err := bench(*n, *wispBin, *kvmOnly); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func bench(n int, wispBin string) error {
+func bench(n int, wispBin string, kvmOnly bool) error {
 	ctx := context.Background()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -69,6 +75,13 @@ func bench(n int, wispBin string) error {
 	if err != nil {
 		return err
 	}
+	if kvmOnly {
+		initrd, err := kit.DefaultInitramfs(ctx, minimal)
+		if err != nil {
+			return err
+		}
+		return kvmBench(ctx, n, wispBin, minimal, initrd)
+	}
 	param, err := initproto.EncodeCmd([]string{"true"})
 	if err != nil {
 		return err
@@ -76,6 +89,7 @@ func bench(n int, wispBin string) error {
 	cmdline := "console=ttyS0 reboot=k panic=-1 quiet " + param + " " + initproto.ParamTTY + "=raw"
 
 	fmt.Printf("wisp bench: %d runs each, median; TCG (this host has no usable KVM); cmdline %q\n\n", n, cmdline)
+	var minimalInitrd string
 	for _, k := range []struct {
 		name string
 		kern *guest.Kernel
@@ -83,6 +97,9 @@ func bench(n int, wispBin string) error {
 		initrd, err := kit.DefaultInitramfs(ctx, k.kern)
 		if err != nil {
 			return err
+		}
+		if k.kern == minimal {
+			minimalInitrd = initrd
 		}
 		subjects := []subject{
 			{"wisp run --accel tcg", func(ctx context.Context) (sample, error) {
@@ -99,7 +116,10 @@ func bench(n int, wispBin string) error {
 		}
 		report(os.Stdout, k.name, subjects, results)
 	}
-	return probeTime(wispBin, n)
+	if err := probeTime(wispBin, n); err != nil {
+		return err
+	}
+	return kvmBench(ctx, n, wispBin, minimal, minimalInitrd)
 }
 
 // bareQEMUArgs is the QEMU command wisp's TCG backend amounts to, without

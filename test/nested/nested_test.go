@@ -2,11 +2,9 @@ package nested
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -31,31 +29,21 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 	switch {
 	case cfg.Mode == ModeOff:
 		t.Skipf("SKIP: %s=off", EnvMode)
-	case cfg.Mode == ModeAuto && hostHasKVM():
+	case cfg.Mode == ModeAuto && HostHasKVM():
 		t.Skip("SKIP: host has /dev/kvm: the KVM tests run directly (set " + EnvMode + "=always to run them nested too)")
 	}
-	qemu, err := exec.LookPath(QEMUBinary)
-	if err != nil {
-		t.Skipf("SKIP: %s not found, so the KVM tests cannot run in a nested VM here: %s", QEMUBinary, QEMUInstallHint)
-	}
-
 	ctx, cancel := context.WithDeadline(context.Background(), deadline(t, cfg.Timeout))
 	defer cancel()
-	kernel, err := FindKernel(ctx, os.Getenv)
-	if errors.Is(err, ErrNoKernel) {
+	h, err := findHost(ctx, os.Getenv)
+	switch {
+	case errors.Is(err, ErrNoQEMU):
+		t.Skipf("SKIP: %s not found, so the KVM tests cannot run in a nested VM here: %s", QEMUBinary, QEMUInstallHint)
+	case errors.Is(err, ErrNoKernel):
 		t.Skipf("SKIP: cannot run the KVM tests nested: %v", err)
-	}
-	if err != nil {
+	case err != nil:
 		t.Fatal(err)
 	}
-	gotool, err := goTool()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := moduleRoot(ctx, gotool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	gotool, root := h.gotool, h.root
 
 	pkgs, err := ListPackages(ctx, gotool, root, Packages(), cfg.PkgFilter)
 	if err != nil {
@@ -117,13 +105,6 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 	}
 	t.Logf("built %d test binaries in %s", len(toRun), time.Since(start).Round(time.Second))
 
-	initBin := filepath.Join(work, "init")
-	if err := BuildStatic(ctx, gotool, root, "./test/nested/nestinit", initBin); err != nil {
-		t.Fatal(err)
-	}
-	if err := ird.AddFile("/init", initBin); err != nil {
-		t.Fatal(err)
-	}
 	notes, err := addHostTools(ctx, ird, HostTools())
 	if err != nil {
 		t.Fatal(err)
@@ -141,27 +122,14 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, m := range kernel.Modules {
-		inside := "/modules/" + filepath.Base(m)
-		if err := ird.AddFile(inside, m); err != nil {
-			t.Fatal(err)
-		}
-		plan.Modules = append(plan.Modules, inside)
-	}
-	planJSON, err := json.MarshalIndent(plan, "", "  ")
+	vm, err := h.image(ctx, work, ird, plan)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ird.AddBytes(protocol.PlanPath, planJSON, 0o644)
-	initrd := filepath.Join(work, "initramfs.cpio")
-	if err := ird.Write(initrd); err != nil {
-		t.Fatal(err)
-	}
-	if st, err := os.Stat(initrd); err == nil {
-		t.Logf("initramfs %d MiB; booting %s", st.Size()>>20, kernel.Image)
+	if st, err := os.Stat(vm.Initrd); err == nil {
+		t.Logf("initramfs %d MiB; booting %s", st.Size()>>20, vm.Kernel)
 	}
 
-	vm := VM{QEMU: qemu, Kernel: kernel.Image, Initrd: initrd, CPUs: 2, MemoryMiB: 2048, Cmdline: DefaultCmdline}
 	var res Results
 	start = time.Now()
 	runErr := Run(ctx, vm, func(line string) {
@@ -222,17 +190,6 @@ func report(t *testing.T, res *Results, pkgs []TestPackage, runErr error, cfg Co
 	}
 }
 
-// hostHasKVM reports whether /dev/kvm opens here for reading and writing:
-// then the KVM tests run directly in the normal go test ./...
-func hostHasKVM() bool {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
-}
-
 // deadline is now + timeout, but ends 30 s before go test's own -timeout
 // would panic, so the failure message is ours.
 func deadline(t *testing.T, timeout time.Duration) time.Time {
@@ -263,11 +220,7 @@ func innerArgs(cfg Config) []string {
 // innerEnv is the environment of every inner test binary (init adds it
 // to its own PATH).
 func innerEnv(cfg Config) []string {
-	env := []string{
-		"HOME=/root", "TMPDIR=/tmp", "PATH=/bin:/usr/bin:/sbin:/usr/sbin",
-		guests.EnvPrebuilt + "=/guests",
-		EnvInside + "=1",
-	}
+	env := append(baseEnv(), guests.EnvPrebuilt+"=/guests")
 	if cfg.TestFiles != "" {
 		env = append(env, EnvTestFiles+"=/files")
 	}
