@@ -40,4 +40,9 @@
 // The outer -run also selects: -run 'TestKVMTestsInNestedVM/kvm/TestFoo'
 // builds only packages matching "kvm" and passes -test.run=TestFoo inside.
 // -short is passed on.
+//
+// Other programs that need KVM use the same VM through RunProgram: it runs
+// one static binary (BuildMain builds one) with the files and host tools
+// it asks for, and streams its output lines back. test/bench runs its
+// wisp-vs-QEMU KVM comparison (test/bench/kvmbench) that way.
 package nested
