@@ -151,15 +151,20 @@ func FormatSize(n uint64) string {
 // cannot fit or a command line that is too long is reported in one line
 // before any backend starts, the same way for KVM and for QEMU.
 func (c Config) CheckBoot() error {
-	kernel, err := os.ReadFile(c.Kernel)
+	kf, err := memory.MapFile(c.Kernel)
 	if err != nil {
 		return invalid("--kernel %s: %v", c.Kernel, err)
 	}
+	defer kf.Close()
+	kernel := kf.Bytes()
 	var initrd []byte
 	if c.Initrd != "" {
-		if initrd, err = os.ReadFile(c.Initrd); err != nil {
+		f, err := memory.MapFile(c.Initrd)
+		if err != nil {
 			return invalid("--initrd %s: %v", c.Initrd, err)
 		}
+		defer f.Close()
+		initrd = f.Bytes()
 	}
 	var ram []boot.Region
 	for _, r := range memory.Layout(c.MemoryBytes) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"time"
 
@@ -216,13 +215,17 @@ func (inst *instance) addDevices(out io.Writer) error {
 }
 
 // load puts the kernel in guest memory and returns the boot CPU's state.
+// The kernel and initrd are mapped, not read, so they never sit on the Go
+// heap: the loader copies them straight into guest RAM.
 func (inst *instance) load(cfg vmm.Config) (boot.CPUState, error) {
 	kernel := inst.opts.KernelImage
 	if kernel == nil {
-		var err error
-		if kernel, err = os.ReadFile(cfg.Kernel); err != nil {
+		f, err := memory.MapFile(cfg.Kernel)
+		if err != nil {
 			return boot.CPUState{}, fmt.Errorf("read kernel: %w", err)
 		}
+		defer f.Close()
+		kernel = f.Bytes()
 	}
 	if inst.opts.FlatBinary {
 		if err := inst.mem.WriteAt(kernel, FlatBinaryAddr); err != nil {
@@ -231,11 +234,13 @@ func (inst *instance) load(cfg vmm.Config) (boot.CPUState, error) {
 		return realModeState(FlatBinaryAddr), nil
 	}
 	var initrd []byte
-	var err error
 	if cfg.Initrd != "" {
-		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
+		f, err := memory.MapFile(cfg.Initrd)
+		if err != nil {
 			return boot.CPUState{}, fmt.Errorf("read initrd: %w", err)
 		}
+		defer f.Close()
+		initrd = f.Bytes()
 	}
 	var ram []boot.Region
 	for _, r := range inst.mem.Regions() {

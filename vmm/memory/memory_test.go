@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -92,4 +93,23 @@ func TestMemfdShareable(t *testing.T) {
 	assert.Equal(t, []byte{0x50, 0x53, 0x49, 0x57}, other[:4])
 	require.NoError(t, m.Close())
 	require.NoError(t, m.Close(), "Close twice is harmless")
+}
+
+func TestMapFile(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/kernel"
+	require.NoError(t, os.WriteFile(path, []byte("bzImage bytes"), 0o644))
+	m, err := MapFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, "bzImage bytes", string(m.Bytes()))
+	require.NoError(t, m.Close())
+	require.NoError(t, m.Close())
+
+	require.NoError(t, os.WriteFile(path, nil, 0o644))
+	empty, err := MapFile(path)
+	require.NoError(t, err)
+	assert.Empty(t, empty.Bytes())
+
+	_, err = MapFile(dir + "/missing")
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }
