@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -75,25 +76,14 @@ func TestMinimalLinuxOnKVM(t *testing.T) {
 		CPUs:    cpus,
 	}.WithDefaults()
 
-	var out testutil.SyncBuffer
-	var markers []byte
-	var mu sync.Mutex
-	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{
-		OnBootMarker: func(code byte, _ time.Duration) {
-			mu.Lock()
-			markers = append(markers, code)
-			mu.Unlock()
-		},
-	})
-	require.NoError(t, err)
-	// A bound only a hung VMM reaches: nested KVM under TCG is slow.
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	require.NoError(t, vm.Start(ctx))
-	st, err := vm.Wait()
-	require.NoError(t, err)
-	console := out.String()
-	t.Logf("guest ended: %s (%s)", st.Reason, st.Detail)
+	console, st, markers := bootLinux(t, cfg)
+	if st.Reason == vmm.ExitReset && os.Getenv("WISP_NESTED_INSIDE") == "1" && !strings.Contains(console, "wisp-linux-ok") {
+		// Under nested SVM emulated by QEMU's TCG a guest now and then
+		// resets early, on QEMU's microvm as well as on wisp: the emulated
+		// CPU, not the VMM. One retry there; on real KVM a reset fails.
+		t.Logf("nested KVM: the guest reset before userspace (%s); booting once more. Its console:\n%s", st.Detail, console)
+		console, st, markers = bootLinux(t, cfg)
+	}
 
 	// The first lines any KVM must get to: the kernel ran wisp's PVH
 	// entry, found the e820 map, the command line and the ACPI tables.
@@ -120,10 +110,35 @@ func TestMinimalLinuxOnKVM(t *testing.T) {
 	status, ok := exitStatus(console)
 	require.True(t, ok, "init reported the command's exit status")
 	assert.Equal(t, 0, status)
-	mu.Lock()
 	assert.Contains(t, markers, byte(0x7f), "init wrote the userspace boot marker")
-	mu.Unlock()
 	assert.Contains(t, console, "\n2", "nproc inside the guest sees both vCPUs")
+}
+
+// bootLinux boots cfg on wisp's KVM backend to its end and returns the
+// console, how it ended and the boot markers written.
+func bootLinux(t *testing.T, cfg vmm.Config) (string, vmm.ExitStatus, []byte) {
+	t.Helper()
+	var out testutil.SyncBuffer
+	var markers []byte
+	var mu sync.Mutex
+	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{
+		OnBootMarker: func(code byte, _ time.Duration) {
+			mu.Lock()
+			markers = append(markers, code)
+			mu.Unlock()
+		},
+	})
+	require.NoError(t, err)
+	// A bound only a hung VMM reaches: nested KVM under TCG is slow.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	require.NoError(t, vm.Start(ctx))
+	st, err := vm.Wait()
+	require.NoError(t, err)
+	t.Logf("guest ended: %s (%s)", st.Reason, st.Detail)
+	mu.Lock()
+	defer mu.Unlock()
+	return out.String(), st, append([]byte(nil), markers...)
 }
 
 func exitStatus(console string) (int, bool) {
