@@ -10,7 +10,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +23,7 @@ import (
 	"github.com/wisp-vmm/wisp/test/fixtures"
 	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/accel"
 	"github.com/wisp-vmm/wisp/vmm/kvmvm"
 )
 
@@ -47,15 +47,6 @@ func minimalLinux(t *testing.T) (vmlinux, initrd string) {
 	k := fixtures.MinimalKernel(t)
 	require.NotEmpty(t, k.ELF, "the minimal kernel has an ELF vmlinux")
 	return k.ELF, fixtures.DefaultInitramfs(t, k)
-}
-
-// kvmIsPVM says whether this host's KVM is PVM, which cannot run an
-// unmodified kernel to the end.
-func kvmIsPVM() bool {
-	_, err := os.Stat("/sys/module/kvm_pvm")
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	hasVirt := regexp.MustCompile(`\b(svm|vmx)\b`).Match(cpuinfo)
-	return err == nil && !hasVirt
 }
 
 func TestMinimalLinuxOnKVM(t *testing.T) {
@@ -99,7 +90,7 @@ func TestMinimalLinuxOnKVM(t *testing.T) {
 	} {
 		assert.Contains(t, console, want)
 	}
-	if kvmIsPVM() {
+	if accel.DefaultHost("").KVMIsPVM() {
 		require.Equal(t, vmm.ExitEmulationFailure, st.Reason, "PVM cannot run Linux to the end; console:\n%s", console)
 		assert.Regexp(t, `KVM internal error \(.*\) at RIP 0x[0-9a-f]+, instruction bytes ([0-9a-f]{2} ?)+`, st.Detail)
 		return

@@ -121,6 +121,10 @@ func probe(ctx context.Context, h Host, guest GuestProbe) Result {
 	return r
 }
 
+// KVMIsPVM reports whether KVM on this host is PVM: the kvm_pvm module is
+// there and the CPU exposes no vmx or svm, so unmodified guests cannot run.
+func (h Host) KVMIsPVM() bool { return h.isPVM() && h.cpuVirtFlag() == "" }
+
 func (h Host) isPVM() bool {
 	_, err := os.Stat(h.SysModule + "/kvm_pvm")
 	return err == nil

@@ -67,7 +67,7 @@ func TestProbeThisHost(t *testing.T) {
 		assert.Equal(t, "no /dev/kvm", r.Reason)
 		return
 	}
-	if h.isPVM() && h.cpuVirtFlag() == "" {
+	if h.KVMIsPVM() {
 		assert.Contains(t, r.Reason, "PVM")
 	}
 }

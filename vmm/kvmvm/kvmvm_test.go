@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"os"
-	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -222,19 +220,12 @@ func TestGSIRoutes(t *testing.T) {
 	assert.Len(t, ioapic, ioapicPins-1)
 }
 
-// hostIsPVM says whether /dev/kvm here is PVM, which cannot run the probe.
-func hostIsPVM() bool {
-	_, err := os.Stat("/sys/module/kvm_pvm")
-	cpuinfo, _ := os.ReadFile("/proc/cpuinfo")
-	return err == nil && !regexp.MustCompile(`\b(svm|vmx)\b`).Match(cpuinfo)
-}
-
 func TestProbeGuest(t *testing.T) {
 	requireKVM(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := RunProbe(ctx, vmm.DefaultKVM, probe.Image())
-	if hostIsPVM() {
+	if accel.DefaultHost("").KVMIsPVM() {
 		require.ErrorIs(t, err, ErrProbeFailed)
 		assert.Contains(t, err.Error(), "emulation failure")
 		return
