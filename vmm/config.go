@@ -52,6 +52,12 @@ type Config struct {
 	OnReboot    RebootPolicy
 	// KVMDevice is the KVM device node; tests point it elsewhere.
 	KVMDevice string
+	// Disks are virtio-blk disks in guest order (the first is /dev/vda).
+	Disks []Disk
+	// Nets are virtio-net devices in guest order (the first is eth0).
+	Nets []Net
+	// RNG adds a virtio-rng device fed from the host's crypto/rand.
+	RNG bool
 }
 
 // Limits on what a guest may ask for.

@@ -44,6 +44,16 @@ func (c Config) WithDefaults() Config {
 	if c.KVMDevice == "" {
 		c.KVMDevice = DefaultKVM
 	}
+	nets := make([]Net, len(c.Nets))
+	for i, n := range c.Nets {
+		if len(n.MAC) == 0 {
+			// crypto/rand does not fail on Linux; a nil MAC is caught by
+			// Validate if it ever did.
+			n.MAC, _ = RandomMAC()
+		}
+		nets[i] = n
+	}
+	c.Nets = nets
 	return c
 }
 
@@ -101,7 +111,7 @@ func (c Config) ValidateMachine(hostMemory uint64) error {
 	default:
 		return invalid("--on-reboot %q: use exit or restart", c.OnReboot)
 	}
-	return nil
+	return c.validateDevices()
 }
 
 func readableFile(flag, path string) error {

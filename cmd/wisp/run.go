@@ -25,6 +25,8 @@ type runFlags struct {
 	console                 string
 	accel                   string
 	onReboot                string
+	disks, nets             []string
+	rng                     bool
 }
 
 func newRunCommand(c *cli) *cobra.Command {
@@ -64,6 +66,9 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, file:PATH or none")
 	fl.StringVar(&f.accel, "accel", "auto", "CPU engine: auto, kvm or tcg")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "on guest reset: exit or restart")
+	fl.StringArrayVar(&f.disks, "disk", nil, "virtio disk PATH[,ro][,serial=ID]; repeat for more (the first is /dev/vda)")
+	fl.StringArrayVar(&f.nets, "net", nil, "virtio NIC: tap[:NAME][,mac=MAC][,bridge=BR] or user[,mac=MAC][,hostfwd=tcp:HOSTPORT-:GUESTPORT]; repeatable")
+	fl.BoolVar(&f.rng, "rng", true, "virtio-rng device fed from the host's random source")
 	return cmd
 }
 
@@ -100,6 +105,22 @@ func (f runFlags) config() (vmm.Config, error) {
 	if err != nil {
 		return vmm.Config{}, err
 	}
+	var disks []vmm.Disk
+	for _, s := range f.disks {
+		d, err := vmm.ParseDisk(s)
+		if err != nil {
+			return vmm.Config{}, err
+		}
+		disks = append(disks, d)
+	}
+	var nets []vmm.Net
+	for _, s := range f.nets {
+		n, err := vmm.ParseNet(s)
+		if err != nil {
+			return vmm.Config{}, err
+		}
+		nets = append(nets, n)
+	}
 	cfg := vmm.Config{
 		Kernel:      f.kernel,
 		Initrd:      f.initrd,
@@ -111,6 +132,9 @@ func (f runFlags) config() (vmm.Config, error) {
 		Accel:       vmm.Accel(f.accel),
 		OnReboot:    vmm.RebootPolicy(f.onReboot),
 		KVMDevice:   os.Getenv("WISP_KVM_DEVICE"),
+		Disks:       disks,
+		Nets:        nets,
+		RNG:         f.rng,
 	}.WithDefaults()
 	hostMem, err := vmm.HostMemory()
 	if err != nil {

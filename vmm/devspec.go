@@ -1,0 +1,266 @@
+package vmm
+
+import (
+	"crypto/rand"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Disk is one virtio-blk disk (--disk). The first disk is /dev/vda.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+	// Serial is what the guest reads as the disk's ID (GET_ID): it shows
+	// up as /dev/disk/by-id/virtio-SERIAL. At most MaxSerial bytes.
+	Serial string
+}
+
+// MaxSerial is the length of virtio-blk's ID field.
+const MaxSerial = 20
+
+// NetMode says how a virtio-net device reaches the world.
+type NetMode string
+
+// Network modes.
+const (
+	// NetTap is a tap device on the host (needs root or CAP_NET_ADMIN).
+	NetTap NetMode = "tap"
+	// NetUser is a user-mode network stack inside wisp: DHCP, DNS and
+	// outbound connections through the host's sockets, no privileges.
+	NetUser NetMode = "user"
+)
+
+// Net is one virtio-net device (--net).
+type Net struct {
+	Mode NetMode
+	// Tap is the tap's name (NetTap); empty lets the kernel pick one.
+	Tap string
+	// Bridge, if set, is the host bridge the tap joins (NetTap).
+	Bridge string
+	// MAC is the guest's address; WithDefaults fills a random locally
+	// administered one.
+	MAC net.HardwareAddr
+	// Forwards are host ports forwarded to the guest (NetUser).
+	Forwards []Forward
+}
+
+// Forward is a user-mode network port forward: connections to
+// HostAddr:HostPort on the host reach GuestPort in the guest.
+type Forward struct {
+	Proto     string // "tcp" or "udp"
+	HostAddr  string // empty means 127.0.0.1
+	HostPort  uint16
+	GuestPort uint16
+}
+
+func (f Forward) String() string {
+	addr := f.HostAddr
+	if addr == "" {
+		addr = "127.0.0.1"
+	}
+	return fmt.Sprintf("%s:%s:%d-:%d", f.Proto, addr, f.HostPort, f.GuestPort)
+}
+
+// ParseDisk reads --disk PATH[,ro][,serial=ID]. A path containing a comma
+// cannot be given (rename it or use a symlink).
+func ParseDisk(s string) (Disk, error) {
+	parts := strings.Split(s, ",")
+	d := Disk{Path: parts[0]}
+	if d.Path == "" {
+		return Disk{}, invalid("--disk %q: give the image path first, e.g. --disk root.img,ro", s)
+	}
+	for _, opt := range parts[1:] {
+		key, val, hasVal := strings.Cut(opt, "=")
+		switch {
+		case key == "ro" && !hasVal:
+			d.ReadOnly = true
+		case key == "rw" && !hasVal:
+			d.ReadOnly = false
+		case key == "serial" && hasVal:
+			if err := checkSerial(val); err != nil {
+				return Disk{}, invalid("--disk %s: %v", s, err)
+			}
+			d.Serial = val
+		default:
+			return Disk{}, invalid("--disk %s: unknown option %q (want ro or serial=ID)", s, opt)
+		}
+	}
+	return d, nil
+}
+
+func checkSerial(v string) error {
+	if v == "" || len(v) > MaxSerial {
+		return fmt.Errorf("serial %q: want 1 to %d characters", v, MaxSerial)
+	}
+	for _, r := range v {
+		if r <= ' ' || r > '~' {
+			return fmt.Errorf("serial %q: use printable ASCII without spaces", v)
+		}
+	}
+	return nil
+}
+
+// ParseNet reads --net tap[:NAME][,mac=MAC][,bridge=BR] or
+// --net user[,mac=MAC][,hostfwd=tcp:[ADDR:]HOSTPORT-:GUESTPORT]...
+func ParseNet(s string) (Net, error) {
+	parts := strings.Split(s, ",")
+	mode, name, hasName := strings.Cut(parts[0], ":")
+	var n Net
+	switch NetMode(mode) {
+	case NetTap:
+		n.Mode = NetTap
+		if hasName {
+			if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ \t") {
+				return Net{}, invalid("--net %s: tap name %q: want 1 to 15 characters without / or spaces", s, name)
+			}
+			n.Tap = name
+		}
+	case NetUser:
+		if hasName {
+			return Net{}, invalid("--net %s: user takes no name; did you mean tap:%s?", s, name)
+		}
+		n.Mode = NetUser
+	default:
+		return Net{}, invalid("--net %s: unknown mode %q (want tap[:NAME] or user)", s, mode)
+	}
+	for _, opt := range parts[1:] {
+		key, val, _ := strings.Cut(opt, "=")
+		switch {
+		case key == "mac":
+			mac, err := net.ParseMAC(val)
+			if err != nil || len(mac) != 6 {
+				return Net{}, invalid("--net %s: mac %q: want six hex bytes like 52:54:00:12:34:56", s, val)
+			}
+			if mac[0]&1 != 0 {
+				return Net{}, invalid("--net %s: mac %s is a multicast address; use one whose first byte is even", s, val)
+			}
+			n.MAC = mac
+		case key == "bridge" && n.Mode == NetTap:
+			if val == "" || len(val) > 15 {
+				return Net{}, invalid("--net %s: bridge %q: want 1 to 15 characters", s, val)
+			}
+			n.Bridge = val
+		case key == "hostfwd" && n.Mode == NetUser:
+			f, err := ParseForward(val)
+			if err != nil {
+				return Net{}, invalid("--net %s: %v", s, err)
+			}
+			n.Forwards = append(n.Forwards, f)
+		default:
+			return Net{}, invalid("--net %s: unknown option %q (tap takes mac= and bridge=, user takes mac= and hostfwd=)", s, opt)
+		}
+	}
+	return n, nil
+}
+
+// ParseForward reads QEMU's hostfwd syntax: tcp:8080-:80,
+// tcp:127.0.0.1:8080-:80 or udp::5353-:53.
+func ParseForward(s string) (Forward, error) {
+	hostPart, guestPart, ok := strings.Cut(s, "-")
+	if !ok {
+		return Forward{}, fmt.Errorf("hostfwd %q: want PROTO:[ADDR:]HOSTPORT-:GUESTPORT, e.g. tcp:8080-:80", s)
+	}
+	fields := strings.Split(hostPart, ":")
+	var f Forward
+	switch len(fields) {
+	case 2:
+		f.Proto = fields[0]
+		fields = []string{fields[0], "", fields[1]}
+	case 3:
+		f.Proto = fields[0]
+	default:
+		return Forward{}, fmt.Errorf("hostfwd %q: want PROTO:[ADDR:]HOSTPORT-:GUESTPORT, e.g. tcp:8080-:80", s)
+	}
+	if f.Proto == "" {
+		f.Proto = "tcp"
+	}
+	if f.Proto != "tcp" && f.Proto != "udp" {
+		return Forward{}, fmt.Errorf("hostfwd %q: protocol %q: want tcp or udp", s, f.Proto)
+	}
+	if fields[1] != "" && net.ParseIP(fields[1]) == nil {
+		return Forward{}, fmt.Errorf("hostfwd %q: host address %q is not an IP address", s, fields[1])
+	}
+	f.HostAddr = fields[1]
+	hp, err := parsePort(fields[2])
+	if err != nil {
+		return Forward{}, fmt.Errorf("hostfwd %q: host port: %w", s, err)
+	}
+	gp, err := parsePort(strings.TrimPrefix(guestPart, ":"))
+	if err != nil || !strings.HasPrefix(guestPart, ":") && strings.Contains(guestPart, ":") {
+		return Forward{}, fmt.Errorf("hostfwd %q: guest port: want :PORT after the dash", s)
+	}
+	if strings.Count(guestPart, ":") > 1 {
+		return Forward{}, fmt.Errorf("hostfwd %q: the guest address is fixed; give only :PORT after the dash", s)
+	}
+	f.HostPort, f.GuestPort = hp, gp
+	return f, nil
+}
+
+func parsePort(s string) (uint16, error) {
+	p, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || p == 0 {
+		return 0, fmt.Errorf("%q is not a port (1-65535)", s)
+	}
+	return uint16(p), nil
+}
+
+// RandomMAC returns a random locally administered unicast address.
+func RandomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("random MAC: %w", err)
+	}
+	mac[0] = mac[0]&^1 | 2
+	return mac, nil
+}
+
+// validateDevices checks the disks and nets of c.
+func (c Config) validateDevices() error {
+	seen := map[string]bool{}
+	for _, d := range c.Disks {
+		if err := readableFile("--disk", d.Path); err != nil {
+			return err
+		}
+		if !d.ReadOnly && unix.Access(d.Path, unix.W_OK) != nil {
+			return invalid("--disk %s: not writable; fix its permissions or add ,ro", d.Path)
+		}
+		abs, err := filepath.Abs(d.Path)
+		if err != nil {
+			return invalid("--disk %s: %v", d.Path, err)
+		}
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			abs = real
+		}
+		if seen[abs] {
+			return invalid("--disk %s is given twice: a VM must not open one image twice", d.Path)
+		}
+		seen[abs] = true
+		if d.Serial != "" {
+			if err := checkSerial(d.Serial); err != nil {
+				return invalid("--disk %s: %v", d.Path, err)
+			}
+		}
+	}
+	taps := map[string]bool{}
+	for _, n := range c.Nets {
+		switch n.Mode {
+		case NetTap:
+			if n.Tap != "" && taps[n.Tap] {
+				return invalid("--net tap:%s is given twice", n.Tap)
+			}
+			taps[n.Tap] = n.Tap != ""
+		case NetUser:
+		default:
+			return invalid("--net: unknown mode %q (want tap or user)", n.Mode)
+		}
+		if len(n.MAC) != 6 {
+			return invalid("--net %s: no MAC address", n.Mode)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,138 @@
+package vmm
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseDisk(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    Disk
+		wantErr string
+	}{
+		{in: "root.img", want: Disk{Path: "root.img"}},
+		{in: "root.img,ro", want: Disk{Path: "root.img", ReadOnly: true}},
+		{in: "d.img,serial=data1,ro", want: Disk{Path: "d.img", ReadOnly: true, Serial: "data1"}},
+		{in: "d.img,ro,rw", want: Disk{Path: "d.img"}},
+		{in: "", wantErr: "give the image path first"},
+		{in: ",ro", wantErr: "give the image path first"},
+		{in: "d.img,readonly", wantErr: `unknown option "readonly"`},
+		{in: "d.img,serial=", wantErr: "want 1 to 20 characters"},
+		{in: "d.img,serial=123456789012345678901", wantErr: "want 1 to 20 characters"},
+		{in: "d.img,serial=a b", wantErr: "printable ASCII"},
+		{in: "d.img,ro=1", wantErr: `unknown option "ro=1"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseDisk(tc.in)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				assert.True(t, errors.Is(err, ErrInvalidConfig))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestParseNet(t *testing.T) {
+	mac, _ := net.ParseMAC("52:54:00:12:34:56")
+	tests := []struct {
+		in      string
+		want    Net
+		wantErr string
+	}{
+		{in: "tap", want: Net{Mode: NetTap}},
+		{in: "tap:wisp0", want: Net{Mode: NetTap, Tap: "wisp0"}},
+		{in: "tap:wisp0,mac=52:54:00:12:34:56,bridge=br0", want: Net{Mode: NetTap, Tap: "wisp0", MAC: mac, Bridge: "br0"}},
+		{in: "user", want: Net{Mode: NetUser}},
+		{in: "user,hostfwd=tcp:2222-:22", want: Net{Mode: NetUser, Forwards: []Forward{{Proto: "tcp", HostPort: 2222, GuestPort: 22}}}},
+		{in: "user,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp::5353-:53", want: Net{Mode: NetUser, Forwards: []Forward{
+			{Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 8080, GuestPort: 80},
+			{Proto: "udp", HostPort: 5353, GuestPort: 53},
+		}}},
+		{in: "bridge", wantErr: `unknown mode "bridge"`},
+		{in: "tap:", wantErr: "want 1 to 15 characters"},
+		{in: "tap:averyveryverylongname", wantErr: "want 1 to 15 characters"},
+		{in: "user:x", wantErr: "user takes no name"},
+		{in: "tap,mac=zz", wantErr: "six hex bytes"},
+		{in: "tap,mac=01:00:5e:00:00:01", wantErr: "multicast"},
+		{in: "tap,hostfwd=tcp:1-:2", wantErr: "unknown option"},
+		{in: "user,bridge=br0", wantErr: "unknown option"},
+		{in: "user,hostfwd=tcp:2222", wantErr: "want PROTO"},
+		{in: "user,hostfwd=sctp:1-:2", wantErr: "want tcp or udp"},
+		{in: "user,hostfwd=tcp:0-:22", wantErr: "host port"},
+		{in: "user,hostfwd=tcp:70000-:22", wantErr: "host port"},
+		{in: "user,hostfwd=tcp:host:1-:22", wantErr: "not an IP address"},
+		{in: "user,hostfwd=tcp:2222-10.0.2.15:22", wantErr: "guest port"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseNet(tc.in)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				assert.True(t, errors.Is(err, ErrInvalidConfig))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+		})
+	}
+}
+
+func TestRandomMACIsLocalUnicast(t *testing.T) {
+	mac, err := RandomMAC()
+	require.NoError(t, err)
+	require.Len(t, mac, 6)
+	assert.Zero(t, mac[0]&1, "unicast")
+	assert.NotZero(t, mac[0]&2, "locally administered")
+}
+
+func TestValidateDevices(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.img")
+	require.NoError(t, os.WriteFile(img, make([]byte, 4096), 0o644))
+	link := filepath.Join(dir, "link.img")
+	require.NoError(t, os.Symlink(img, link))
+	base := Config{Kernel: "k", CPUs: 1, MemoryBytes: DefaultMemory}.WithDefaults()
+	tests := []struct {
+		name    string
+		disks   []Disk
+		nets    []Net
+		wantErr string
+	}{
+		{name: "one disk", disks: []Disk{{Path: img}}},
+		{name: "missing", disks: []Disk{{Path: filepath.Join(dir, "nope")}}, wantErr: "no such file"},
+		{name: "directory", disks: []Disk{{Path: dir}}, wantErr: "not a regular file"},
+		{name: "twice via symlink", disks: []Disk{{Path: img}, {Path: link, ReadOnly: true}}, wantErr: "given twice"},
+		{name: "tap twice", nets: []Net{{Mode: NetTap, Tap: "t0"}, {Mode: NetTap, Tap: "t0"}}, wantErr: "given twice"},
+		{name: "two unnamed taps", nets: []Net{{Mode: NetTap}, {Mode: NetTap}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base
+			c.Disks, c.Nets = tc.disks, tc.nets
+			c = c.WithDefaults()
+			err := c.ValidateMachine(0)
+			if tc.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tc.wantErr)
+				return
+			}
+			require.NoError(t, err)
+			for _, n := range c.Nets {
+				assert.Len(t, n.MAC, 6)
+			}
+		})
+	}
+}
