@@ -8,7 +8,9 @@
 // userspace was reached; then either runs the command given by wisp.cmd on
 // the kernel command line (see package initproto), reports its exit status
 // on the console and powers off, or starts an interactive /bin/sh on the
-// console and powers off when it exits.
+// console and powers off when it exits. With root= it first mounts that
+// disk and switches to it: the command then runs there, and without one
+// the disk's own init takes over PID 1.
 package main
 
 import (
@@ -57,7 +59,15 @@ func main() {
 	}
 	setupSystem(log)
 	loadModules(log, initproto.ModulesFile)
+	var rootErr error
+	if params.Root != "" {
+		rootErr = switchRoot(log, params)
+	}
 	markUserspace(log)
+	if params.Root != "" && rootErr == nil && params.Argv == nil {
+		// The disk's own init (systemd, or busybox init) takes over.
+		rootErr = execInit(params.Init)
+	}
 
 	console, err := takeConsole()
 	if err != nil {
@@ -69,6 +79,13 @@ func main() {
 	if cmdlineErr != nil {
 		fmt.Fprintf(console, "wisp-init: %v\n", cmdlineErr)
 		finishCommand(log, console, statusInitFailure)
+	}
+	if rootErr != nil {
+		fmt.Fprintf(console, "wisp-init: %v\n", rootErr)
+		if params.Argv != nil {
+			finishCommand(log, console, statusInitFailure)
+		}
+		fmt.Fprintln(console, "wisp-init: starting a shell in the initramfs instead")
 	}
 	if params.Argv != nil {
 		status := runCommand(log, console, params.Argv, sigs)

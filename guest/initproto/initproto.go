@@ -145,6 +145,18 @@ type Params struct {
 	// "loglevel=", "debug" or "ignore_loglevel" parameter), so init must
 	// not turn the console's log level down while the command runs.
 	Quiet bool
+	// Root is the kernel's root= parameter: a disk (/dev/vda, LABEL=x,
+	// UUID=y) init mounts and switches to, running the command there or
+	// handing over to the disk's own init. Empty keeps the initramfs.
+	Root string
+	// RootFSType and RootFlags are rootfstype= and rootflags=.
+	RootFSType, RootFlags string
+	// RootRW mounts the root read-write ("rw"); the kernel's default,
+	// and "ro", mount it read-only.
+	RootRW bool
+	// Init is init=: the program that takes over PID 1 in the new root
+	// (default /sbin/init).
+	Init string
 }
 
 // ParseCmdline extracts Params from /proc/cmdline's contents. When a
@@ -166,6 +178,18 @@ func ParseCmdline(cmdline string) (Params, error) {
 			p.Cols, p.Rows = parseWinsize(value)
 		case "loglevel", "debug", "ignore_loglevel":
 			p.Quiet = false
+		case "root":
+			p.Root = value
+		case "rootfstype":
+			p.RootFSType = value
+		case "rootflags":
+			p.RootFlags = value
+		case "rw":
+			p.RootRW = true
+		case "ro":
+			p.RootRW = false
+		case "init":
+			p.Init = value
 		}
 	}
 	return p, nil

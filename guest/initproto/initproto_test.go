@@ -100,6 +100,9 @@ func TestParseCmdline(t *testing.T) {
 		{"bad window size", "wisp.winsize=120 wisp.winsize=0x5", Params{Quiet: true}},
 		{"huge window size", "wisp.winsize=70000x20", Params{Quiet: true}},
 		{"similar names ignored", "wisp.cmdx=1 xwisp.cmd=2", Params{Quiet: true}},
+		{"disk root", "root=/dev/vda rw rootfstype=ext4 rootflags=noatime init=/bin/sh", Params{
+			Quiet: true, Root: "/dev/vda", RootRW: true, RootFSType: "ext4", RootFlags: "noatime", Init: "/bin/sh"}},
+		{"root by label, ro wins last", "root=LABEL=rootfs rw ro", Params{Quiet: true, Root: "LABEL=rootfs"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
