@@ -20,6 +20,9 @@ type Workers struct {
 	stop  *EventFD
 	wg    sync.WaitGroup
 	onErr func(queue int, err error)
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 // NewWorkers makes a worker group; onErr receives request errors (it may
@@ -107,9 +110,15 @@ func (w *Workers) Drain(i int, aq ActiveQueue, h Handler) error {
 	return nil
 }
 
-// Stop signals every worker and waits for them to return.
+// Stop signals every worker and waits for them to return. Calling it again
+// returns the first call's result: a second Signal or Close on the stop
+// eventfd's number, which the kernel may have reused for another file by
+// then, would hit that file.
 func (w *Workers) Stop() error {
-	err := w.stop.Signal()
-	w.wg.Wait()
-	return errors.Join(err, w.stop.Close())
+	w.stopOnce.Do(func() {
+		err := w.stop.Signal()
+		w.wg.Wait()
+		w.stopErr = errors.Join(err, w.stop.Close())
+	})
+	return w.stopErr
 }

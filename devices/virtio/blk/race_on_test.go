@@ -1,0 +1,6 @@
+//go:build race
+
+package blk
+
+// raceEnabled: see skipUnderRace.
+const raceEnabled = true

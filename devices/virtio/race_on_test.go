@@ -1,0 +1,6 @@
+//go:build race
+
+package virtio
+
+// raceEnabled: see skipUnderRace.
+const raceEnabled = true

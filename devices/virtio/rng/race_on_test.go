@@ -1,0 +1,6 @@
+//go:build race
+
+package rng
+
+// raceEnabled: see skipUnderRace.
+const raceEnabled = true
