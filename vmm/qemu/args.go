@@ -55,18 +55,28 @@ func defaultFirmware(firmware string) string {
 }
 
 // Device is one extra device on QEMU's command line with an optional
-// character device behind it. The vhost-user disks and nets of the device
-// plane come in this way, e.g.
+// character device and network backend behind it. The vhost-user disks and
+// nets of the device plane come in this way, e.g.
 //
 //	Chardev: "socket,id=disk0,path=/tmp/wisp-qemu-1/disk0.sock"
 //	Device:  "vhost-user-blk-pci,chardev=disk0"
+//
+//	Chardev: "socket,id=net0chr,path=/tmp/wisp-qemu-1/net0.sock"
+//	Netdev:  "vhost-user,id=net0,chardev=net0chr"
+//	Device:  "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"
 //
 // Values are passed to QEMU verbatim, so a path inside them must have its
 // commas doubled (see EscapeOpt). Guest RAM is the shared memfd backend
 // MemoryBackendID, which vhost-user needs.
 type Device struct {
 	Chardev string // value of -chardev; empty for none
+	Netdev  string // value of -netdev; empty for none
 	Device  string // value of -device
+	// Close, if set, releases what serves the device (a vhost-user
+	// server). The backend calls it exactly once after QEMU has exited
+	// (also when Start fails after the DeviceFunc returned), before the
+	// runtime directory is removed, and waits for it.
+	Close func() error
 }
 
 // DeviceFunc returns the extra devices for one VM. Start calls it with the
@@ -171,6 +181,9 @@ func commandLine(cfg vmm.Config, s sockets, o Options, extra []Device) ([]string
 		}
 		if d.Chardev != "" {
 			args = append(args, "-chardev", d.Chardev)
+		}
+		if d.Netdev != "" {
+			args = append(args, "-netdev", d.Netdev)
 		}
 		args = append(args, "-device", d.Device)
 	}

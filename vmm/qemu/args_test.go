@@ -134,6 +134,24 @@ func TestCommandLine(t *testing.T) {
 					"-device", "virtio-rng-pci"},
 				sandbox),
 		},
+		{
+			name: "a vhost-user net: chardev, netdev, then the device",
+			extra: []Device{
+				{Chardev: "socket,id=disk0,path=/run/w/disk0.sock", Device: "vhost-user-blk-pci,chardev=disk0"},
+				{
+					Chardev: "socket,id=net0chr,path=/run/w/net0.sock",
+					Netdev:  "vhost-user,id=net0,chardev=net0chr",
+					Device:  "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
+				},
+			},
+			want: join(head("q35", "tcg", "max", "2", "512M"),
+				[]string{"-kernel", "/k/vmlinuz", "-initrd", "/k/initrd.img", "-append", vmm.DefaultCmdline},
+				wiring, []string{"-no-reboot"},
+				[]string{"-chardev", "socket,id=disk0,path=/run/w/disk0.sock", "-device", "vhost-user-blk-pci,chardev=disk0",
+					"-chardev", "socket,id=net0chr,path=/run/w/net0.sock", "-netdev", "vhost-user,id=net0,chardev=net0chr",
+					"-device", "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56"},
+				sandbox),
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -170,6 +188,7 @@ func TestCommandLineRejects(t *testing.T) {
 		{"memory not whole MiB", func(c *vmm.Config) { c.MemoryBytes = 256<<20 + 4096 }, nil},
 		{"NUL in kernel path", func(c *vmm.Config) { c.Kernel = "/k/\x00" }, nil},
 		{"extra device without -device", nil, []Device{{Chardev: "socket,id=x,path=/x"}}},
+		{"netdev without -device", nil, []Device{{Netdev: "vhost-user,id=n,chardev=x"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -149,6 +149,7 @@ func (b *Backend) Binary() string { return b.binary }
 // whatever exists.
 type run struct {
 	dir        string
+	devices    []Device // extra devices, whose Close release calls
 	listeners  []*net.UnixListener
 	conns      []net.Conn
 	procExited chan struct{}
@@ -208,6 +209,7 @@ func (b *Backend) Start(ctx context.Context) (err error) {
 		if extra, err = b.opts.Devices(dir); err != nil {
 			return fmt.Errorf("extra devices: %w", err)
 		}
+		r.devices = extra
 	}
 	args, err := commandLine(b.cfg, socks, b.opts, extra)
 	if err != nil {
@@ -396,6 +398,14 @@ func (r *run) release() {
 	for _, c := range r.conns {
 		_ = c.Close()
 	}
+	// QEMU is gone: the servers behind the extra devices stop and remove
+	// their sockets before the directory goes.
+	for _, d := range r.devices {
+		if d.Close != nil {
+			_ = d.Close()
+		}
+	}
+	r.devices = nil
 	if r.dir != "" {
 		_ = os.RemoveAll(r.dir)
 	}
