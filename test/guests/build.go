@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wisp-vmm/wisp/boot/acpi"
+	vpci "github.com/wisp-vmm/wisp/devices/virtio/pci"
 	"github.com/wisp-vmm/wisp/test/guests/probe"
 )
 
@@ -52,7 +54,9 @@ const (
 )
 
 type recipe struct {
-	sources []string // in src/, assembled in this order
+	// sources are in src/, built in this order: .S assembled (through
+	// gcc's preprocessor), .c compiled freestanding.
+	sources []string
 	kind    kind
 	pvhNote bool // keep .note.Xen in a PT_NOTE segment
 }
@@ -75,6 +79,8 @@ func recipeFor(name string) (recipe, error) {
 		return recipe{sources: []string{"probe.S", "lib64.S"}}, nil
 	case EmuFail:
 		return recipe{sources: []string{"emufail.S", "lib64.S"}}, nil
+	case VirtioBlk:
+		return recipe{sources: []string{"virtioblk_start.S", "virtioblk.c", "lib64.S"}}, nil
 	}
 	return recipe{}, fmt.Errorf("%w %q (known: %s)", ErrUnknownGuest, name, strings.Join(Names(), ", "))
 }
@@ -193,8 +199,11 @@ func build(root, name string) (string, error) {
 	}
 	var objects []string
 	for _, src := range r.sources {
-		obj := filepath.Join(tmp, strings.TrimSuffix(src, ".S")+".o")
+		obj := filepath.Join(tmp, strings.TrimSuffix(strings.TrimSuffix(src, ".S"), ".c")+".o")
 		args := append([]string{arch, "-c", "-nostdinc", "-ffreestanding", "-I", srcDir}, defs...)
+		if strings.HasSuffix(src, ".c") {
+			args = append(args, cFlags()...)
+		}
 		args = append(args, "-o", obj, filepath.Join(srcDir, src))
 		if err := run(name, "gcc", args...); err != nil {
 			return "", err
@@ -223,6 +232,18 @@ func build(root, name string) (string, error) {
 		return "", fmt.Errorf("build %s: %w", name, err)
 	}
 	return final, nil
+}
+
+// cFlags compile C for a bare 64-bit guest: no libc, no position
+// independence, no red zone (interrupt handlers run on the same stack),
+// general-purpose registers only (nothing set up the FPU or SSE), no
+// stack protector or unwind tables. Objects are linked like the assembly
+// ones.
+func cFlags() []string {
+	return []string{"-std=gnu11", "-O2", "-Wall", "-Wextra", "-Werror",
+		"-fno-pic", "-fno-pie", "-mno-red-zone", "-mgeneral-regs-only", "-mcmodel=small",
+		"-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables",
+		"-fno-builtin", "-fcf-protection=none"}
 }
 
 func run(guest, tool string, args ...string) error {
@@ -283,6 +304,16 @@ func defines() []string {
 		"PROBE_TIMER_VECTOR":       probe.TimerVector,
 		"PROBE_TIMER_COUNT":        probe.TimerCount,
 		"PROBE_TIMER_SPINS":        probe.TimerSpins,
+		"VIRTIO_BAR_ADDR":          VirtioBARAddr,
+		"VIRTIO_BAR_SIZE":          vpci.BARSize,
+		"VIRTIO_MSI_VECTOR":        VirtioMSIVector,
+		"VIRTIO_WRITE_SECTOR":      VirtioBlkWriteSector,
+		"VIRTIO_READ_SECTOR":       VirtioBlkReadSector,
+		"VIRTIO_MIN_SECTORS":       VirtioBlkMinSectors,
+		"VIRTIO_WRITE_SEED":        VirtioBlkWriteSeed,
+		"VIRTIO_READ_SEED":         VirtioBlkReadSeed,
+		"VIRTIO_SPINS":             virtioSpins,
+		"ECAM_BASE":                acpi.DefaultECAMBase,
 	}
 	for _, m := range probe.Macros() {
 		nums[m.Name] = uint64(m.Step)
@@ -298,6 +329,8 @@ func defines() []string {
 		"SMP_DONE_MSG":             smpDonePrefix,
 		"SMP_TIMEOUT_MSG":          smpTimeoutPrefix,
 		"EMUFAIL_MSG":              EmuFailOutput,
+		"VIRTIO_OK_MSG":            VirtioBlkOutput,
+		"VIRTIO_FAIL_MSG":          VirtioBlkFailPrefix,
 	}
 	var defs []string
 	for k, v := range nums {

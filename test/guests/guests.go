@@ -57,11 +57,24 @@ const (
 	// Probe is the KVM usability probe: an ELF64 (64-bit entry) that writes
 	// step codes to MarkerPort (see package probe) and powers off.
 	Probe = "probe.elf"
+	// VirtioBlk is a freestanding virtio driver in C (ELF64, 64-bit entry).
+	// It scans PCI bus 0 through ports 0xcf8/0xcfc for the modern
+	// virtio-blk function, sizes its BAR 0 and moves it to VirtioBARAddr
+	// through ECAM, walks its capabilities, negotiates VERSION_1 only,
+	// sets up queue 0 with MSI-X vector 0 aimed at its own LAPIC
+	// (VirtioMSIVector), writes VirtioBlkPattern(VirtioBlkWriteSeed) to
+	// sector VirtioBlkWriteSector, reads it back and compares, reads
+	// sector VirtioBlkReadSector and compares it with
+	// VirtioBlkPattern(VirtioBlkReadSeed) (the test writes that into the
+	// disk image first), and checks that every completion raised the MSI.
+	// It prints VirtioBlkOutput (or a line starting with
+	// VirtioBlkFailPrefix), writes BootMarker on success and powers off.
+	VirtioBlk = "virtioblk.elf"
 )
 
 // Names lists every guest.
 func Names() []string {
-	return []string{RealMode, LongMode, PVH, MMIO, TripleFault, SMP, EmuFail, Probe}
+	return []string{RealMode, LongMode, PVH, MMIO, TripleFault, SMP, EmuFail, Probe, VirtioBlk}
 }
 
 // Ports, addresses and values the guests use. They are passed to the
@@ -91,6 +104,25 @@ const (
 	// the wait when no count was given.
 	smpWaitSpins  = 1 << 28
 	smpCountSpins = 1 << 24
+
+	// VirtioBARAddr is where VirtioBlk moves the device's BAR 0: inside
+	// wisp's 32-bit PCI window, away from where wisp assigns BARs (from
+	// its start) and from ECAM.
+	VirtioBARAddr = 0xd800_0000
+	// VirtioMSIVector is the interrupt vector VirtioBlk programs into its
+	// MSI-X entry.
+	VirtioMSIVector = 0x50
+	// VirtioBlkWriteSector and VirtioBlkReadSector are the 512-byte
+	// sectors VirtioBlk writes and reads; the disk needs at least
+	// VirtioBlkMinSectors.
+	VirtioBlkWriteSector = 8
+	VirtioBlkReadSector  = 16
+	VirtioBlkMinSectors  = 32
+	// Seeds of the two sector patterns.
+	VirtioBlkWriteSeed = 0x5a
+	VirtioBlkReadSeed  = 0xa5
+	// virtioSpins bounds each wait for the device (used ring, interrupt).
+	virtioSpins = 1 << 30
 )
 
 // What the guests print on COM1.
@@ -105,7 +137,24 @@ const (
 	mmioPrefix                = "wisp mmio 0x"
 	smpDonePrefix             = "wisp smp: "
 	smpTimeoutPrefix          = "wisp smp: timeout, "
+	VirtioBlkOutput           = "wisp virtio-blk ok\n"
+	VirtioBlkFailPrefix       = "wisp virtio-blk: FAIL "
 )
+
+// SectorSize is a virtio-blk sector.
+const SectorSize = 512
+
+// VirtioBlkPattern is the sector VirtioBlk writes (seed
+// VirtioBlkWriteSeed) or expects to read (VirtioBlkReadSeed). The guest
+// computes the same bytes: byte i is i*31 + i/256 + seed, mod 256, so the
+// two halves of the sector differ.
+func VirtioBlkPattern(seed byte) []byte {
+	b := make([]byte, SectorSize)
+	for i := range b {
+		b[i] = byte(i*31 + i/256 + int(seed))
+	}
+	return b
+}
 
 // MMIOOutput is what MMIO prints after reading value from MMIOReadAddr.
 func MMIOOutput(value uint32) string { return fmt.Sprintf("%s%08x\n", mmioPrefix, value) }

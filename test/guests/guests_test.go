@@ -178,3 +178,19 @@ func TestProbeImageSource(t *testing.T) {
 	assert.Contains(t, src, "package probe\n")
 	assert.Contains(t, src, "const image = \"\" +\n\t\"\\x7f\\x45\\x00\"\n")
 }
+
+func TestVirtioBlkPattern(t *testing.T) {
+	w, r := VirtioBlkPattern(VirtioBlkWriteSeed), VirtioBlkPattern(VirtioBlkReadSeed)
+	require.Len(t, w, SectorSize)
+	assert.NotEqual(t, w, r, "the two seeds give different sectors")
+	assert.NotEqual(t, w[:256], w[256:], "the halves differ, so a half-written sector shows")
+	assert.Equal(t, byte(VirtioBlkWriteSeed), w[0])
+	assert.Equal(t, byte(31+VirtioBlkWriteSeed), w[1])
+	assert.Equal(t, byte((256*31+1+VirtioBlkWriteSeed)%256), w[256])
+	assert.Less(t, VirtioBlkReadSector, VirtioBlkMinSectors)
+	assert.Less(t, VirtioBlkWriteSector, VirtioBlkMinSectors)
+	defs := strings.Join(defines(), " ")
+	assert.Contains(t, defs, "-DECAM_BASE=0xe8000000")
+	assert.Contains(t, defs, "-DVIRTIO_BAR_SIZE=0x8000")
+	assert.Contains(t, defs, `-DVIRTIO_OK_MSG="wisp virtio-blk ok\n"`)
+}

@@ -13,6 +13,8 @@ import (
 	"github.com/wisp-vmm/wisp/boot/acpi"
 	"github.com/wisp-vmm/wisp/devices"
 	"github.com/wisp-vmm/wisp/devices/legacy"
+	pcibus "github.com/wisp-vmm/wisp/devices/pci"
+	vpci "github.com/wisp-vmm/wisp/devices/virtio/pci"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/memory"
@@ -50,9 +52,13 @@ type instance struct {
 	mem  *memory.Memory
 
 	pio, mmio *devices.Bus
-	serial    *legacy.Serial
-	pm        *legacy.ACPIPM
-	vcpus     []*vcpu
+	gsi       *gsiTable
+	pci       *pcibus.Bus
+	// transports are the virtio-pci functions of Options.Virtio.
+	transports []*vpci.Transport
+	serial     *legacy.Serial
+	pm         *legacy.ACPIPM
+	vcpus      []*vcpu
 
 	// finishOnce records the first reason the instance ends; every later
 	// one (other vCPUs noticing the stop) is dropped.
@@ -95,7 +101,8 @@ func newInstance(cfg vmm.Config, out io.Writer, opts Options) (_ *instance, err 
 	if err = inst.vm.CreateIRQChip(); err != nil {
 		return nil, err
 	}
-	if err = inst.vm.SetGSIRouting(gsiRoutes()); err != nil {
+	inst.gsi = newGSITable(inst.vm, gsiRoutes())
+	if err = inst.gsi.commit(); err != nil {
 		return nil, err
 	}
 	if err = inst.vm.CreatePIT2(kvm.PITSpeakerDummy); err != nil {
@@ -111,6 +118,9 @@ func newInstance(cfg vmm.Config, out io.Writer, opts Options) (_ *instance, err 
 		}
 	}
 	if err = inst.addDevices(out); err != nil {
+		return nil, err
+	}
+	if err = inst.addPCI(); err != nil {
 		return nil, err
 	}
 	cpu, err := inst.load(cfg)
@@ -371,12 +381,15 @@ func (inst *instance) pausePoint() bool {
 	}
 }
 
-// close releases KVM and guest memory; call only after wait.
+// close stops the virtio devices and releases KVM and guest memory; call
+// only after wait (or on a failed build, before any vCPU ran).
 func (inst *instance) close() error {
 	var errs []error
 	for _, c := range inst.vcpus {
 		errs = append(errs, c.Close())
 	}
+	// Before the memory goes: device goroutines write into it.
+	errs = append(errs, inst.closePCI())
 	if inst.vm != nil {
 		errs = append(errs, inst.vm.Close())
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/wisp-vmm/wisp/devices"
+	"github.com/wisp-vmm/wisp/devices/virtio"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/console"
 )
@@ -50,6 +51,11 @@ type Options struct {
 	// AfterLoad runs once the kernel is in guest memory and before any
 	// vCPU runs; tests use it to poke parameters into guest RAM.
 	AfterLoad func(mem GuestMemory) error
+	// Virtio devices become virtio-pci functions on PCI bus 0, in order
+	// from slot 1 (so the first disk is Linux's vda). The VM owns them
+	// from Start on: a guest reset resets them, and they are closed when
+	// the VM ends for good (or Start fails).
+	Virtio []virtio.Device
 }
 
 // GuestMemory is the view of guest RAM AfterLoad gets.
@@ -118,7 +124,7 @@ func (v *VM) Start(ctx context.Context) error {
 	inst, err := newInstance(v.cfg, v.out, v.opts)
 	if err != nil {
 		_ = v.out.Close()
-		return err
+		return errors.Join(err, v.closeDevices())
 	}
 	v.setCurrent(inst)
 	if v.con.In != nil {
@@ -178,7 +184,7 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 			// Console output errors (a closed terminal) do not change how
 			// the guest ended.
 			_ = v.out.Close()
-			v.status, v.err = st, errors.Join(runErr, closeErr)
+			v.status, v.err = st, errors.Join(runErr, closeErr, v.closeDevices())
 			close(v.done)
 			return
 		}
@@ -187,7 +193,7 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 		if err != nil {
 			_ = v.out.Close()
 			v.status = vmm.ExitStatus{Reason: vmm.ExitBackendFailure, Detail: "restart after reset: " + err.Error()}
-			v.err = err
+			v.err = errors.Join(err, v.closeDevices())
 			close(v.done)
 			return
 		}
@@ -198,12 +204,24 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 			v.mu.Lock()
 			v.status = *v.stopping
 			v.mu.Unlock()
+			v.err = v.closeDevices()
 			close(v.done)
 			return
 		}
 		next.start()
 		inst = next
 	}
+}
+
+// closeDevices closes Options.Virtio once the VM has ended for good.
+func (v *VM) closeDevices() error {
+	var errs []error
+	for i, d := range v.opts.Virtio {
+		if err := d.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close virtio device %d (%v): %w", i, d.Type(), err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // inputSink is where console input currently goes (the running instance's

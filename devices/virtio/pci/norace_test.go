@@ -1,0 +1,5 @@
+//go:build !race
+
+package pci
+
+const raceEnabled = false
