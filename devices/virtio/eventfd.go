@@ -73,6 +73,13 @@ func (e *EventFD) Drain() (uint64, error) {
 	}
 }
 
+// signalled reports, without blocking or draining, whether e is signalled.
+func (e *EventFD) signalled() bool {
+	fds := []unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
 // Close closes the descriptor.
 func (e *EventFD) Close() error { return unix.Close(e.fd) }
 

@@ -69,15 +69,25 @@ func (w *Workers) Serve(i int, aq ActiveQueue, h Handler) {
 	})
 }
 
+// drainBatch bounds the chains Drain serves between interrupts and checks
+// of the stop signal, so a driver that keeps refilling a ring can neither
+// starve itself of interrupts nor hold up Stop.
+const drainBatch = 256
+
 // Drain serves every available chain of aq with h, re-enabling driver
 // notifications before it returns so no kick is lost. It returns an error
-// only when the ring itself is broken.
+// only when the ring itself is broken. It returns early, with chains left,
+// when the workers are told to stop.
 func (w *Workers) Drain(i int, aq ActiveQueue, h Handler) error {
 	q := aq.Queue
-	completed := false
 	for {
+		completed, more := 0, false
 		q.SetNotify(false)
 		for {
+			if completed == drainBatch {
+				more = true
+				break
+			}
 			c, err := q.Next()
 			if c == nil && err != nil {
 				return fmt.Errorf("queue %d: %w", i, err)
@@ -95,19 +105,21 @@ func (w *Workers) Drain(i int, aq ActiveQueue, h Handler) error {
 			if err := q.Complete(c, written); err != nil {
 				return fmt.Errorf("queue %d: %w", i, err)
 			}
-			completed = true
+			completed++
 		}
-		q.SetNotify(true)
-		if !q.HasAvailable() {
-			break
+		if !more {
+			q.SetNotify(true)
+			more = q.HasAvailable()
+		}
+		if completed > 0 && q.NeedsInterrupt() && aq.Interrupt != nil {
+			if err := aq.Interrupt.Trigger(); err != nil {
+				return fmt.Errorf("queue %d: interrupt: %w", i, err)
+			}
+		}
+		if !more || w.stop.signalled() {
+			return nil
 		}
 	}
-	if completed && q.NeedsInterrupt() && aq.Interrupt != nil {
-		if err := aq.Interrupt.Trigger(); err != nil {
-			return fmt.Errorf("queue %d: interrupt: %w", i, err)
-		}
-	}
-	return nil
 }
 
 // Stop signals every worker and waits for them to return. Calling it again

@@ -238,3 +238,27 @@ func skipUnderRace(t *testing.T) {
 		t.Skip("race detector: driver and device share guest memory outside Go's memory model (eventfd handoff)")
 	}
 }
+
+// A driver that refills the ring as fast as the device empties it cannot
+// hold Drain (and so Stop) forever: Drain checks the stop signal after
+// every batch, and interrupts once per batch.
+func TestDrainStopsBetweenBatchesWhenTheDriverKeepsRefilling(t *testing.T) {
+	r := newTestRing(t, 8)
+	q := r.queue(0)
+	r.desc(0, testData, 4, descFWrite, 0)
+	r.push(0)
+	w, err := NewWorkers(nil)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, w.Stop()) }()
+	require.NoError(t, w.stop.Signal())
+	irq := &countingInterrupt{}
+	handled := 0
+	err = w.Drain(0, ActiveQueue{Queue: q, Interrupt: irq}, func(*Chain) (uint32, error) {
+		handled++
+		r.push(0) // the driver hands the buffer straight back
+		return 4, nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, drainBatch, handled)
+	assert.Equal(t, 1, irq.n)
+}

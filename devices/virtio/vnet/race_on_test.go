@@ -1,0 +1,6 @@
+//go:build race
+
+package vnet
+
+// raceEnabled: see skipUnderRace.
+const raceEnabled = true
