@@ -18,7 +18,18 @@ type Disk struct {
 	// Serial is what the guest reads as the disk's ID (GET_ID): it shows
 	// up as /dev/disk/by-id/virtio-SERIAL. At most MaxSerial bytes.
 	Serial string
+	// Format is "raw" (the default) or "qcow2". It is never guessed from
+	// the file's contents: a guest could write a qcow2 header into a raw
+	// disk. A writable qcow2 disk keeps the guest's writes in a
+	// throw-away overlay; the image itself is never written.
+	Format string
 }
+
+// Disk formats.
+const (
+	FormatRaw   = "raw"
+	FormatQcow2 = "qcow2"
+)
 
 // MaxSerial is the length of virtio-blk's ID field.
 const MaxSerial = 20
@@ -66,7 +77,7 @@ func (f Forward) String() string {
 	return fmt.Sprintf("%s:%s:%d-:%d", f.Proto, addr, f.HostPort, f.GuestPort)
 }
 
-// ParseDisk reads --disk PATH[,ro][,serial=ID]. A path containing a comma
+// ParseDisk reads --disk PATH[,ro][,serial=ID][,format=raw|qcow2]. A path containing a comma
 // cannot be given (rename it or use a symlink).
 func ParseDisk(s string) (Disk, error) {
 	parts := strings.Split(s, ",")
@@ -81,13 +92,17 @@ func ParseDisk(s string) (Disk, error) {
 			d.ReadOnly = true
 		case key == "rw" && !hasVal:
 			d.ReadOnly = false
+		case key == "format" && (val == FormatRaw || val == FormatQcow2):
+			d.Format = val
+		case key == "format":
+			return Disk{}, invalid("--disk %s: format %q: want raw or qcow2", s, val)
 		case key == "serial" && hasVal:
 			if err := checkSerial(val); err != nil {
 				return Disk{}, invalid("--disk %s: %v", s, err)
 			}
 			d.Serial = val
 		default:
-			return Disk{}, invalid("--disk %s: unknown option %q (want ro or serial=ID)", s, opt)
+			return Disk{}, invalid("--disk %s: unknown option %q (want ro, serial=ID or format=raw|qcow2)", s, opt)
 		}
 	}
 	return d, nil

@@ -21,6 +21,8 @@ func TestParseDisk(t *testing.T) {
 		{in: "root.img,ro", want: Disk{Path: "root.img", ReadOnly: true}},
 		{in: "d.img,serial=data1,ro", want: Disk{Path: "d.img", ReadOnly: true, Serial: "data1"}},
 		{in: "d.img,ro,rw", want: Disk{Path: "d.img"}},
+		{in: "d.qcow2,format=qcow2", want: Disk{Path: "d.qcow2", Format: "qcow2"}},
+		{in: "d.vmdk,format=vmdk", wantErr: `format "vmdk": want raw or qcow2`},
 		{in: "", wantErr: "give the image path first"},
 		{in: ",ro", wantErr: "give the image path first"},
 		{in: "d.img,readonly", wantErr: `unknown option "readonly"`},
