@@ -6,11 +6,13 @@ import (
 	"io"
 	"time"
 
+	"github.com/wisp-vmm/wisp/devices/virtio"
 	"github.com/wisp-vmm/wisp/test/guests/probe"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"
 	"github.com/wisp-vmm/wisp/vmm/kvmvm"
 	"github.com/wisp-vmm/wisp/vmm/qemu"
+	"github.com/wisp-vmm/wisp/vmm/qemu/vhostdevs"
 )
 
 // probeTimeout bounds the probe guest: on hardware KVM it takes
@@ -27,8 +29,10 @@ func probeKVM(ctx context.Context, kvmDevice string) accel.Result {
 }
 
 // newBackend picks and builds the backend for cfg. With --accel auto it
-// probes the host and says on stderr why it falls back to TCG.
-func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, stderr io.Writer, start time.Time) (vmm.Backend, error) {
+// probes the host and says on stderr why it falls back to TCG. devs are the
+// VM's virtio devices: wisp's own virtio-pci serves them under KVM,
+// vhost-user under QEMU.
+func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, devs []virtio.Device, stderr io.Writer, start time.Time) (vmm.Backend, error) {
 	chosen := cfg.Accel
 	if chosen == vmm.AccelAuto {
 		r := probeKVM(ctx, cfg.KVMDevice)
@@ -39,8 +43,9 @@ func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, stderr io.
 	}
 	switch chosen {
 	case vmm.AccelKVM:
-		return kvmvm.New(cfg, con, kvmvm.Options{Start: start, Log: stderr, OnBootMarker: bootMarkerLogger(stderr)})
+		return kvmvm.New(cfg, con, kvmvm.Options{Start: start, Log: stderr, OnBootMarker: bootMarkerLogger(stderr), Virtio: devs})
 	default:
-		return qemu.New(cfg, con, qemu.Options{Start: start, OnBootMarker: bootMarkerLogger(stderr)})
+		return qemu.New(cfg, con, qemu.Options{Start: start, OnBootMarker: bootMarkerLogger(stderr),
+			Devices: vhostdevs.Attach(devs, vhostdevs.Options{OnError: func(err error) { fmt.Fprintf(stderr, "wisp: %v\n", err) }})})
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/console"
+	"github.com/wisp-vmm/wisp/vmm/plane"
 )
 
 type runFlags struct {
@@ -27,6 +28,8 @@ type runFlags struct {
 	onReboot                string
 	disks, nets             []string
 	rng                     bool
+	vm, image               string
+	seed                    seedFlags
 }
 
 func newRunCommand(c *cli) *cobra.Command {
@@ -50,11 +53,30 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 			if err != nil {
 				return err
 			}
-			cfg, err := f.config()
+			if guestCmd != nil && (f.vm != "" || f.image != "") {
+				return vmm.Invalidf("-- CMD runs through wisp's own init, which --vm and --image do not use: log in on the console (or over ssh) instead")
+			}
+			changed := cmd.Flags().Changed
+			cfg, err := f.config(changed)
 			if err != nil {
 				return err
 			}
-			return c.runVM(cmd.Context(), cfg, f.cmdline != "", guestCmd)
+			if f.image != "" {
+				if err := c.applyImage(cmd.Context(), &cfg, f.image, changed); err != nil {
+					return err
+				}
+				if err := validate(cfg); err != nil {
+					return err
+				}
+			}
+			if f.seed.wanted() {
+				cleanup, err := attachSeed(&cfg, f.seed)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+			}
+			return c.runVM(cmd.Context(), cfg, changed("cmdline"), guestCmd)
 		},
 	}
 	fl := cmd.Flags()
@@ -66,9 +88,14 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, file:PATH or none")
 	fl.StringVar(&f.accel, "accel", "auto", "CPU engine: auto, kvm or tcg")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "on guest reset: exit or restart")
-	fl.StringArrayVar(&f.disks, "disk", nil, "virtio disk PATH[,ro][,serial=ID]; repeat for more (the first is /dev/vda)")
+	fl.StringArrayVar(&f.disks, "disk", nil, "virtio disk PATH[,ro][,serial=ID][,format=raw|qcow2]; repeat for more (the first is /dev/vda)")
 	fl.StringArrayVar(&f.nets, "net", nil, "virtio NIC: tap[:NAME][,mac=MAC][,bridge=BR] or user[,mac=MAC][,hostfwd=tcp:HOSTPORT-:GUESTPORT]; repeatable")
 	fl.BoolVar(&f.rng, "rng", true, "virtio-rng device fed from the host's random source")
+	fl.StringVar(&f.vm, "vm", "", "boot a directory made by `wisp image build` (its vm.json); flags given here override it")
+	fl.StringVar(&f.image, "image", "", "boot a raw or qcow2 disk whose root filesystem has /boot/vmlinuz (and /boot/initrd.img); it becomes /dev/vda")
+	fl.StringVar(&f.seed.userData, "user-data", "", "cloud-init user-data for the guest, given on a NoCloud seed disk")
+	fl.StringArrayVar(&f.seed.sshKeys, "ssh-key", nil, "authorized_keys file for the guest's default user, on a NoCloud seed disk; repeatable")
+	fl.StringVar(&f.seed.hostname, "hostname", "", "the guest's host name, on a NoCloud seed disk")
 	return cmd
 }
 
@@ -87,7 +114,16 @@ func commandArgs(cmd *cobra.Command, args []string) ([]string, error) {
 	return args, nil
 }
 
-func (f runFlags) config() (vmm.Config, error) {
+func (f runFlags) config(changed func(string) bool) (vmm.Config, error) {
+	sources := 0
+	for _, set := range []bool{f.kernel != "", f.vm != "", f.image != ""} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		return vmm.Config{}, vmm.Invalidf("--kernel, --vm and --image each say what to boot: give one of them")
+	}
 	mem, err := vmm.ParseSize(f.memory)
 	if err != nil {
 		return vmm.Config{}, vmm.Invalidf("--memory: %v", err)
@@ -135,16 +171,27 @@ func (f runFlags) config() (vmm.Config, error) {
 		Disks:       disks,
 		Nets:        nets,
 		RNG:         f.rng,
-	}.WithDefaults()
+	}
+	if f.vm != "" {
+		if err := applyMachineDir(&cfg, f.vm, changed); err != nil {
+			return vmm.Config{}, err
+		}
+	}
+	cfg = cfg.WithDefaults()
+	return cfg, validate(cfg)
+}
+
+// validate checks cfg against the host; without a kernel yet (the default
+// guest, --image) it checks everything else.
+func validate(cfg vmm.Config) error {
 	hostMem, err := vmm.HostMemory()
 	if err != nil {
-		return vmm.Config{}, err
+		return err
 	}
 	if cfg.Kernel == "" {
-		// The default guest's files are filled in later.
-		return cfg, cfg.ValidateMachine(hostMem)
+		return cfg.ValidateMachine(hostMem)
 	}
-	return cfg, cfg.Validate(hostMem)
+	return cfg.Validate(hostMem)
 }
 
 // defaultGuest points cfg at Debian's cloud kernel and wisp's initramfs,
@@ -217,6 +264,13 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 	if err := cfg.CheckBoot(); err != nil {
 		return err
 	}
+	// Devices come before the console so that a locked disk or a tap that
+	// cannot be made is reported on a terminal still in its normal mode.
+	devs, err := plane.Open(ctx, cfg, func(dev string, err error) { fmt.Fprintf(c.stderr, "wisp: %s: %v\n", dev, err) })
+	if err != nil {
+		return err
+	}
+	defer devs.Close()
 	con, err := attachConsole(cfg, c.stdin, c.stdout)
 	if err != nil {
 		return err
@@ -240,7 +294,7 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 		}
 	}()
 
-	backend, err := newBackend(ctx, cfg, vmm.Console{In: con.In, Out: out}, c.stderr, c.start)
+	backend, err := newBackend(ctx, cfg, vmm.Console{In: con.In, Out: out}, devs.Devices(), c.stderr, c.start)
 	if err != nil {
 		return err
 	}

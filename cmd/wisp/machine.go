@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/wisp-vmm/wisp/image"
+	"github.com/wisp-vmm/wisp/image/vmdir"
+	"github.com/wisp-vmm/wisp/vmm"
+)
+
+// applyMachineDir fills cfg from a directory made by `wisp image build`.
+// Flags the user gave win over vm.json; --disk and --net add to its
+// devices.
+func applyMachineDir(cfg *vmm.Config, dir string, changed func(string) bool) error {
+	m, err := vmdir.Load(dir)
+	if err != nil {
+		return err
+	}
+	cfg.Kernel, cfg.Initrd = m.Kernel, m.Initrd
+	if !changed("cmdline") {
+		cfg.Cmdline = m.Cmdline
+	}
+	if !changed("cpus") {
+		cfg.CPUs = m.CPUs
+	}
+	if !changed("memory") {
+		cfg.MemoryBytes = m.MemoryBytes
+	}
+	var disks []vmm.Disk
+	for _, d := range m.Disks {
+		disks = append(disks, vmm.Disk{Path: d.Path, ReadOnly: d.ReadOnly, Format: d.Format})
+	}
+	cfg.Disks = append(disks, cfg.Disks...)
+	var nets []vmm.Net
+	for _, n := range m.Nets {
+		spec := n.Mode
+		if n.Tap != "" {
+			spec += ":" + n.Tap
+		}
+		if n.MAC != "" {
+			spec += ",mac=" + n.MAC
+		}
+		parsed, err := vmm.ParseNet(spec)
+		if err != nil {
+			return vmm.Invalidf("%s: %v", filepath.Join(m.Dir, vmdir.FileName), err)
+		}
+		nets = append(nets, parsed)
+	}
+	cfg.Nets = append(nets, cfg.Nets...)
+	return nil
+}
+
+// applyImage boots a disk image that carries its own kernel: the kernel
+// and initrd are read out of its root filesystem (without mounting it,
+// cached by the image's identity) and the image becomes /dev/vda.
+func (c *cli) applyImage(ctx context.Context, cfg *vmm.Config, path string, changed func(string) bool) error {
+	if _, err := os.Stat(path); err != nil {
+		return vmm.Invalidf("--image %s: %v", path, err)
+	}
+	format, err := image.DetectFormat(path)
+	if err != nil {
+		return vmm.Invalidf("--image %s: %v", path, err)
+	}
+	kernel, initrd, root, err := image.ExtractBoot(ctx, path, filepath.Join(imageCacheDir(), "boot"))
+	if err != nil {
+		return fmt.Errorf("--image %s: %w", path, err)
+	}
+	cfg.Kernel, cfg.Initrd = kernel, initrd
+	if !changed("cmdline") {
+		cfg.Cmdline = root + " ro " + vmm.DefaultCmdline
+	}
+	cfg.Disks = append([]vmm.Disk{{Path: path, Format: format}}, cfg.Disks...)
+	return nil
+}
+
+// seedFlags are what a NoCloud seed carries.
+type seedFlags struct {
+	userData, hostname string
+	sshKeys            []string
+}
+
+func (s seedFlags) wanted() bool { return s.userData != "" || s.hostname != "" || len(s.sshKeys) > 0 }
+
+// attachSeed writes a NoCloud seed (cloud-init's "cidata" ISO) into a
+// private temporary directory and adds it as a read-only disk. The
+// returned cleanup removes the directory.
+func attachSeed(cfg *vmm.Config, s seedFlags) (cleanup func(), err error) {
+	opts := image.SeedOptions{Hostname: s.hostname}
+	if s.userData != "" {
+		b, err := os.ReadFile(s.userData)
+		if err != nil {
+			return nil, vmm.Invalidf("--user-data %s: %v", s.userData, err)
+		}
+		if err := image.CheckUserData(b); err != nil {
+			return nil, vmm.Invalidf("--user-data %s: %v", s.userData, err)
+		}
+		opts.UserData = b
+	}
+	if s.hostname != "" {
+		if err := image.CheckHostname(s.hostname); err != nil {
+			return nil, vmm.Invalidf("--hostname %s: %v", s.hostname, err)
+		}
+	}
+	for _, k := range s.sshKeys {
+		keys, err := image.ReadAuthorizedKeys(k)
+		if err != nil {
+			return nil, vmm.Invalidf("--ssh-key %s: %v", k, err)
+		}
+		opts.SSHKeys = append(opts.SSHKeys, keys...)
+	}
+	dir, err := os.MkdirTemp("", "wisp-seed-")
+	if err != nil {
+		return nil, fmt.Errorf("nocloud seed: %w", err)
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	path, err := image.NoCloudSeed(dir, opts)
+	if err != nil {
+		cleanup()
+		return nil, fmt.Errorf("nocloud seed: %w", err)
+	}
+	cfg.Disks = append(cfg.Disks, vmm.Disk{Path: path, ReadOnly: true, Format: vmm.FormatRaw})
+	return cleanup, nil
+}
