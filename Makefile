@@ -17,9 +17,13 @@ export WISP_CACHE
 #   linux-libc-dev              kvm.h, checked against wisp's ioctl numbers
 #   xz-utils zstd               kernel payloads and modules
 #   tmux                        drives the console under a pty in tests
+#   iproute2                    network namespaces, bridges and taps in tests
+#   e2fsprogs                   mkfs.ext4 -d and debugfs: disk images without mounting
+#   mmdebstrap                  builds Debian images (wisp image build)
+#   fio iperf3                  disk and network numbers in make bench (copied into the guest)
 DEB_PACKAGES := qemu-system-x86 qemu-utils acpica-tools busybox-static \
 	build-essential bc bison flex libelf-dev libssl-dev cpio linux-source-6.1 \
-	linux-libc-dev xz-utils zstd tmux iproute2 ca-certificates
+	linux-libc-dev xz-utils zstd tmux iproute2 ca-certificates e2fsprogs mmdebstrap fio iperf3
 
 .PHONY: all build deps test test-short bench run lint clean
 

@@ -7,7 +7,13 @@
 // QEMU's microvm on KVM (package kvmcompare): on this host's /dev/kvm if
 // it has one, else inside test/nested's VM, with nested KVM under TCG.
 //
-//	go run ./test/bench [-n 5] [-wisp bin/wisp] [-kvm-only]
+// Then disks and networks (devices.go): fio and iperf3 in the same guest,
+// wisp's vhost-user devices against QEMU's built-in ones.
+//
+// Then images (image.go): build time cold and cached, and time to the login
+// prompt of the built image against bare QEMU.
+//
+//	go run ./test/bench [-n 5] [-wisp bin/wisp] [-kvm-only] [-devices-only] [-image-only [-cold-build=false]]
 package main
 
 import (
@@ -49,14 +55,28 @@ func main() {
 	n := flag.Int("n", 5, "runs per subject (the median is reported)")
 	wispBin := flag.String("wisp", "bin/wisp", "the wisp binary to measure")
 	kvmOnly := flag.Bool("kvm-only", false, "only the KVM comparison (no TCG tables, no probe timing)")
+	devicesOnly := flag.Bool("devices-only", false, "only the disk and network comparison")
+	imageOnly := flag.Bool("image-only", false, "only the image build and boot-to-login comparison")
+	coldBuild := flag.Bool("cold-build", true, "time one image build from scratch (--no-cache) too")
 	flag.Parse()
-	if err := bench(*n, *wispBin, *kvmOnly); err != nil {
+	if *imageOnly {
+		qemu, err := exec.LookPath("qemu-system-x86_64")
+		if err == nil {
+			err = imageBench(context.Background(), *n, *wispBin, qemu, *coldBuild)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := bench(*n, *wispBin, *kvmOnly, *devicesOnly); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func bench(n int, wispBin string, kvmOnly bool) error {
+func bench(n int, wispBin string, kvmOnly, devicesOnly bool) error {
 	ctx := context.Background()
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
@@ -74,6 +94,9 @@ func bench(n int, wispBin string, kvmOnly bool) error {
 	minimal, err := kit.MinimalKernel(ctx)
 	if err != nil {
 		return err
+	}
+	if devicesOnly {
+		return deviceBenches(ctx, kit, n, wispBin, qemu, debian)
 	}
 	if kvmOnly {
 		initrd, err := kit.DefaultInitramfs(ctx, minimal)
@@ -103,7 +126,9 @@ func bench(n int, wispBin string, kvmOnly bool) error {
 		}
 		subjects := []subject{
 			{"wisp run --accel tcg", func(ctx context.Context) (sample, error) {
-				return measure(ctx, exec.Command(wispBin, "run", "--accel", "tcg", "--console", "none",
+				// --rng=false: bare QEMU gets no RNG either, so both boot
+				// the same device set.
+				return measure(ctx, exec.Command(wispBin, "run", "--accel", "tcg", "--console", "none", "--rng=false",
 					"--kernel", k.kern.Image, "--initrd", initrd, "--cmdline", cmdline), markerFromWispLog)
 			}},
 			{"bare qemu-system-x86_64", func(ctx context.Context) (sample, error) {
@@ -116,10 +141,36 @@ func bench(n int, wispBin string, kvmOnly bool) error {
 		}
 		report(os.Stdout, k.name, subjects, results)
 	}
+	if err := deviceBenches(ctx, kit, n, wispBin, qemu, debian); err != nil {
+		return err
+	}
+	if err := imageBench(ctx, n, wispBin, qemu, true); err != nil {
+		return fmt.Errorf("image bench: %w", err)
+	}
 	if err := probeTime(wispBin, n); err != nil {
 		return err
 	}
 	return kvmBench(ctx, n, wispBin, minimal, minimalInitrd)
+}
+
+// deviceBenches runs the disk and network comparisons on Debian's kernel
+// and the default initramfs, with their images cached in $WISP_CACHE/bench.
+func deviceBenches(ctx context.Context, kit *guest.Kit, n int, wispBin, qemu string, kern *guest.Kernel) error {
+	initrd, err := kit.DefaultInitramfs(ctx, kern)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(kit.CacheDir, "bench")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := diskBench(ctx, n, wispBin, qemu, kern, initrd, dir); err != nil {
+		return fmt.Errorf("disk bench: %w", err)
+	}
+	if err := netBench(ctx, n, wispBin, qemu, kern, initrd, dir); err != nil {
+		return fmt.Errorf("network bench: %w", err)
+	}
+	return nil
 }
 
 // bareQEMUArgs is the QEMU command wisp's TCG backend amounts to, without

@@ -42,10 +42,6 @@ func readmeCommands(t *testing.T, root string) (run, test string) {
 // opens: the path a new user takes.
 func TestReadmeFirstCommand(t *testing.T) {
 	requireQEMU(t)
-	tmux, err := exec.LookPath("tmux")
-	if err != nil {
-		t.Skip("SKIP: tmux not found (apt-get install tmux): it provides the terminal this test types into")
-	}
 	root, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
 	require.NoError(t, err)
 	clone := filepath.Join(t.TempDir(), "wisp")
@@ -54,43 +50,23 @@ func TestReadmeFirstCommand(t *testing.T) {
 	first, _ := readmeCommands(t, clone)
 
 	cache := t.TempDir()
-	session := "wisp-readme-" + filepath.Base(cache)
 	exitFile := filepath.Join(cache, "exit")
 	script := "cd " + clone + " && WISP_CACHE=" + cache + " " + first + "; echo $? > " + exitFile
-	require.NoError(t, exec.Command(tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "50", "bash", "-c", script).Run())
-	defer exec.Command(tmux, "kill-session", "-t", session).Run()
+	term := newTmux(t, "wisp-readme-"+filepath.Base(cache), script)
 
-	screen := func() string {
-		out, _ := exec.Command(tmux, "capture-pane", "-p", "-S", "-200", "-t", session).Output()
-		return string(out)
-	}
-	waitFor := func(what string, timeout time.Duration, ok func(string) bool) {
-		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for time.Now().Before(deadline) {
-			if ok(screen()) {
-				return
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		t.Fatalf("waited %v for %s; screen:\n%s", timeout, what, screen())
-	}
 	// The first run fetches Debian's kernel and builds the initramfs.
 	// busybox's prompt is "wisp:/# " (the guest's hostname); tmux trims
 	// the trailing space.
 	prompt := regexp.MustCompile(`(?m)^wisp:\S*# ?$`)
-	waitFor("the guest's shell prompt", 10*time.Minute, prompt.MatchString)
-	send := func(keys string) {
-		require.NoError(t, exec.Command(tmux, "send-keys", "-t", session, keys, "Enter").Run())
-	}
-	send("uname -a")
-	waitFor("uname's output", time.Minute, func(s string) bool { return strings.Contains(s, "Linux wisp ") })
-	send("poweroff -f")
-	waitFor("wisp to exit", 2*time.Minute, func(string) bool {
+	term.waitFor("the guest's shell prompt", 10*time.Minute, prompt.MatchString)
+	term.send("uname -a")
+	term.waitFor("uname's output", time.Minute, func(s string) bool { return strings.Contains(s, "Linux wisp ") })
+	term.send("poweroff -f")
+	term.waitFor("wisp to exit", 2*time.Minute, func(string) bool {
 		_, err := os.Stat(exitFile)
 		return err == nil
 	})
 	code, err := os.ReadFile(exitFile)
 	require.NoError(t, err)
-	assert.Equal(t, "0", strings.TrimSpace(string(code)), "make run exits 0 after poweroff; screen:\n%s", screen())
+	assert.Equal(t, "0", strings.TrimSpace(string(code)), "make run exits 0 after poweroff; screen:\n%s", term.screen())
 }
