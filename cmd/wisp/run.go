@@ -53,7 +53,7 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 			if err != nil {
 				return err
 			}
-			if guestCmd != nil && (f.vm != "" || f.image != "") {
+			if len(guestCmd) > 0 && (f.vm != "" || f.image != "") {
 				return vmm.Invalidf("-- CMD runs through wisp's own init, which --vm and --image do not use: log in on the console (or over ssh) instead")
 			}
 			changed := cmd.Flags().Changed

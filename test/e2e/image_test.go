@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -55,13 +56,15 @@ func TestImageBootLoginOnConsole(t *testing.T) {
 	term.waitFor("the password prompt", time.Minute, func(s string) bool { return strings.Contains(s, "Password:") })
 	term.send(imageRootPassword)
 	term.waitFor("a root shell", time.Minute, func(s string) bool { return strings.Contains(s, "root@") })
-	term.send("uname -a; ip -4 -o addr show scope global | grep -c inet; systemctl is-system-running --wait")
-	term.waitFor("the system to settle", 3*time.Minute, func(s string) bool {
-		return strings.Contains(s, "running") || strings.Contains(s, "degraded")
-	})
-	screen := term.screen()
-	assert.Contains(t, screen, "Linux wisp ")
-	assert.Contains(t, screen, "\n1\n", "the NIC got an address over DHCP")
+	// Each answer is echoed after a tag, so the typed command line itself
+	// (which the terminal shows) cannot match.
+	term.send(`echo "host=$(hostname) state=$(systemctl is-system-running --wait) addrs=$(ip -4 -o addr show scope global | grep -c inet)"`)
+	answer := regexp.MustCompile(`host=(\S+) state=(\S+) addrs=(\d+)`)
+	term.waitFor("the system to settle", 3*time.Minute, answer.MatchString)
+	m := answer.FindStringSubmatch(term.screen())
+	assert.Equal(t, "wisp", m[1])
+	assert.Contains(t, []string{"running", "degraded"}, m[2], "systemctl is-system-running")
+	assert.Equal(t, "1", m[3], "the NIC got an address over DHCP")
 	term.send("poweroff")
 	term.waitFor("wisp to exit", 2*time.Minute, func(string) bool {
 		_, err := os.Stat(exitFile)
