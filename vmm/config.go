@@ -38,6 +38,18 @@ const (
 	RebootRestart RebootPolicy = "restart"
 )
 
+// BootMode says how the guest starts.
+type BootMode string
+
+// Boot modes.
+const (
+	// BootKernel loads Config.Kernel (and Initrd) directly: the fast path.
+	BootKernel BootMode = "kernel"
+	// BootFirmware starts SeaBIOS, which boots the first disk's own
+	// bootloader, for images that bring one. Only the TCG backend has it.
+	BootFirmware BootMode = "firmware"
+)
+
 // Config is everything needed to build a VM. Validate it once; backends
 // trust a validated Config.
 type Config struct {
@@ -58,6 +70,8 @@ type Config struct {
 	Nets []Net
 	// RNG adds a virtio-rng device fed from the host's crypto/rand.
 	RNG bool
+	// Boot is BootKernel (the default) or BootFirmware.
+	Boot BootMode
 }
 
 // Limits on what a guest may ask for.

@@ -106,11 +106,14 @@ func TestValidateDevices(t *testing.T) {
 	require.NoError(t, os.WriteFile(img, make([]byte, 4096), 0o644))
 	link := filepath.Join(dir, "link.img")
 	require.NoError(t, os.Symlink(img, link))
-	base := Config{Kernel: "k", CPUs: 1, MemoryBytes: DefaultMemory}.WithDefaults()
+	base := Config{CPUs: 1, MemoryBytes: DefaultMemory}.WithDefaults()
 	tests := []struct {
 		name    string
 		disks   []Disk
 		nets    []Net
+		boot    BootMode
+		kernel  string
+		accel   Accel
 		wantErr string
 	}{
 		{name: "one disk", disks: []Disk{{Path: img}}},
@@ -119,11 +122,19 @@ func TestValidateDevices(t *testing.T) {
 		{name: "twice via symlink", disks: []Disk{{Path: img}, {Path: link, ReadOnly: true}}, wantErr: "given twice"},
 		{name: "tap twice", nets: []Net{{Mode: NetTap, Tap: "t0"}, {Mode: NetTap, Tap: "t0"}}, wantErr: "given twice"},
 		{name: "two unnamed taps", nets: []Net{{Mode: NetTap}, {Mode: NetTap}}},
+		{name: "firmware boot with a disk", boot: BootFirmware, disks: []Disk{{Path: img}}},
+		{name: "firmware boot without a disk", boot: BootFirmware, wantErr: "add --disk PATH"},
+		{name: "firmware boot with a kernel", boot: BootFirmware, kernel: "k", disks: []Disk{{Path: img}}, wantErr: "drop --kernel"},
+		{name: "firmware boot on KVM", boot: BootFirmware, accel: AccelKVM, disks: []Disk{{Path: img}}, wantErr: "use --accel tcg"},
+		{name: "unknown boot mode", boot: "pxe", wantErr: `--boot "pxe"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			c := base
-			c.Disks, c.Nets = tc.disks, tc.nets
+			c.Disks, c.Nets, c.Boot, c.Kernel = tc.disks, tc.nets, tc.boot, tc.kernel
+			if tc.accel != "" {
+				c.Accel = tc.accel
+			}
 			c = c.WithDefaults()
 			err := c.ValidateMachine(0)
 			if tc.wantErr != "" {

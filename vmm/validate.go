@@ -44,6 +44,9 @@ func (c Config) WithDefaults() Config {
 	if c.KVMDevice == "" {
 		c.KVMDevice = DefaultKVM
 	}
+	if c.Boot == "" {
+		c.Boot = BootKernel
+	}
 	nets := make([]Net, len(c.Nets))
 	for i, n := range c.Nets {
 		if len(n.MAC) == 0 {
@@ -60,6 +63,9 @@ func (c Config) WithDefaults() Config {
 // Validate checks c against the host. Every error names the flag at fault
 // and how to fix it, and wraps ErrInvalidConfig.
 func (c Config) Validate(hostMemory uint64) error {
+	if c.Boot == BootFirmware {
+		return c.ValidateMachine(hostMemory)
+	}
 	if c.Kernel == "" {
 		return invalid("--kernel is required: give the path of a Linux bzImage or ELF vmlinux")
 	}
@@ -111,6 +117,21 @@ func (c Config) ValidateMachine(hostMemory uint64) error {
 	default:
 		return invalid("--on-reboot %q: use exit or restart", c.OnReboot)
 	}
+	switch c.Boot {
+	case BootKernel:
+	case BootFirmware:
+		if c.Kernel != "" || c.Initrd != "" {
+			return invalid("--boot firmware boots the disk's own bootloader: drop --kernel and --initrd (or drop --boot firmware)")
+		}
+		if len(c.Disks) == 0 {
+			return invalid("--boot firmware needs a disk with a bootloader: add --disk PATH")
+		}
+		if c.Accel == AccelKVM {
+			return invalid("--boot firmware runs on the TCG backend (wisp's KVM VMM has no BIOS): use --accel tcg or auto")
+		}
+	default:
+		return invalid("--boot %q: use kernel or firmware", c.Boot)
+	}
 	return c.validateDevices()
 }
 
@@ -161,6 +182,9 @@ func FormatSize(n uint64) string {
 // cannot fit or a command line that is too long is reported in one line
 // before any backend starts, the same way for KVM and for QEMU.
 func (c Config) CheckBoot() error {
+	if c.Boot == BootFirmware {
+		return nil // the firmware reads the disk; there is no kernel to check
+	}
 	kf, err := memory.MapFile(c.Kernel)
 	if err != nil {
 		return invalid("--kernel %s: %v", c.Kernel, err)

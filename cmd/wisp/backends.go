@@ -34,6 +34,10 @@ func probeKVM(ctx context.Context, kvmDevice string) accel.Result {
 // vhost-user under QEMU.
 func newBackend(ctx context.Context, cfg vmm.Config, con vmm.Console, devs []virtio.Device, stderr io.Writer, start time.Time) (vmm.Backend, error) {
 	chosen := cfg.Accel
+	if chosen == vmm.AccelAuto && cfg.Boot == vmm.BootFirmware {
+		chosen = vmm.AccelTCG
+		fmt.Fprintln(stderr, "wisp: using QEMU TCG: --boot firmware needs SeaBIOS, which wisp's KVM VMM does not have")
+	}
 	if chosen == vmm.AccelAuto {
 		r := probeKVM(ctx, cfg.KVMDevice)
 		chosen = r.Choose(cfg.Accel)

@@ -55,7 +55,8 @@ func applyMachineDir(cfg *vmm.Config, dir string, changed func(string) bool) err
 
 // applyImage boots a disk image that carries its own kernel: the kernel
 // and initrd are read out of its root filesystem (without mounting it,
-// cached by the image's identity) and the image becomes /dev/vda.
+// cached by the image's identity) and the image becomes /dev/vda. With
+// --boot firmware the image's own bootloader does that instead.
 func (c *cli) applyImage(ctx context.Context, cfg *vmm.Config, path string, changed func(string) bool) error {
 	if _, err := os.Stat(path); err != nil {
 		return vmm.Invalidf("--image %s: %v", path, err)
@@ -63,6 +64,11 @@ func (c *cli) applyImage(ctx context.Context, cfg *vmm.Config, path string, chan
 	format, err := image.DetectFormat(path)
 	if err != nil {
 		return vmm.Invalidf("--image %s: %v", path, err)
+	}
+	if cfg.Boot == vmm.BootFirmware {
+		// The image's own bootloader finds its kernel.
+		cfg.Disks = append([]vmm.Disk{{Path: path, Format: format}}, cfg.Disks...)
+		return nil
 	}
 	kernel, initrd, root, err := image.ExtractBoot(ctx, path, filepath.Join(imageCacheDir(), "boot"))
 	if err != nil {

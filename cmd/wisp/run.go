@@ -28,7 +28,7 @@ type runFlags struct {
 	onReboot                string
 	disks, nets             []string
 	rng                     bool
-	vm, image               string
+	vm, image, boot         string
 	seed                    seedFlags
 }
 
@@ -91,6 +91,7 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 	fl.StringArrayVar(&f.disks, "disk", nil, "virtio disk PATH[,ro][,serial=ID][,format=raw|qcow2]; repeat for more (the first is /dev/vda)")
 	fl.StringArrayVar(&f.nets, "net", nil, "virtio NIC: tap[:NAME][,mac=MAC][,bridge=BR] or user[,mac=MAC][,hostfwd=tcp:HOSTPORT-:GUESTPORT]; repeatable")
 	fl.BoolVar(&f.rng, "rng", true, "virtio-rng device fed from the host's random source")
+	fl.StringVar(&f.boot, "boot", "kernel", "kernel: load --kernel directly; firmware: SeaBIOS boots the first disk's own bootloader (TCG)")
 	fl.StringVar(&f.vm, "vm", "", "boot a directory made by `wisp image build` (its vm.json); flags given here override it")
 	fl.StringVar(&f.image, "image", "", "boot a raw or qcow2 disk whose root filesystem has /boot/vmlinuz (and /boot/initrd.img); it becomes /dev/vda")
 	fl.StringVar(&f.seed.userData, "user-data", "", "cloud-init user-data for the guest, given on a NoCloud seed disk")
@@ -171,6 +172,7 @@ func (f runFlags) config(changed func(string) bool) (vmm.Config, error) {
 		Disks:       disks,
 		Nets:        nets,
 		RNG:         f.rng,
+		Boot:        vmm.BootMode(f.boot),
 	}
 	if f.vm != "" {
 		if err := applyMachineDir(&cfg, f.vm, changed); err != nil {
@@ -249,7 +251,10 @@ func (c *cli) commandCmdline(cmdline string, userCmdline bool, argv []string) (s
 
 // runVM boots cfg and turns the way the guest ended into an exit code.
 func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv []string) error {
-	if cfg.Kernel == "" {
+	if len(argv) > 0 && cfg.Boot == vmm.BootFirmware {
+		return vmm.Invalidf("-- CMD runs through wisp's own init, which --boot firmware does not use: log in on the console instead")
+	}
+	if cfg.Kernel == "" && cfg.Boot != vmm.BootFirmware {
 		if err := c.defaultGuest(ctx, &cfg); err != nil {
 			return err
 		}

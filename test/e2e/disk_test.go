@@ -168,3 +168,53 @@ func TestBadDeviceFlags(t *testing.T) {
 		})
 	}
 }
+
+// bootSector is a 16-bit MBR boot sector: it prints msg on COM1 and powers
+// the machine off through ACPI PM1a_CNT (0x604 on QEMU's q35, S5 = type 0).
+func bootSector(msg string) []byte {
+	code := []byte{
+		0x31, 0xc0, // xor ax, ax
+		0x8e, 0xd8, // mov ds, ax
+		0xbe, 0, 0, // mov si, msg (patched below)
+		0xba, 0xf8, 0x03, // mov dx, 0x3f8
+		0xac,       // loop: lodsb
+		0x84, 0xc0, // test al, al
+		0x74, 0x03, // jz done
+		0xee,       // out dx, al
+		0xeb, 0xf8, // jmp loop
+		0xba, 0x04, 0x06, // done: mov dx, 0x604
+		0xb8, 0x00, 0x20, // mov ax, SLP_EN
+		0xef,             // out dx, ax
+		0xf4, 0xeb, 0xfd, // hlt; jmp hlt
+	}
+	at := 0x7c00 + len(code)
+	code[5], code[6] = byte(at), byte(at>>8)
+	sector := make([]byte, 512)
+	copy(sector, append(code, append([]byte(msg), 0)...))
+	sector[510], sector[511] = 0x55, 0xaa
+	return sector
+}
+
+// --boot firmware: SeaBIOS reads the boot sector from wisp's disk (over
+// vhost-user) and runs it.
+func TestBootFirmwareFromDisk(t *testing.T) {
+	requireQEMU(t)
+	img := sparseImage(t, "mbr.img", 1<<20)
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt(bootSector("wisp-mbr-ok\r\n"), 0)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	r := wisp(t, "", args("--boot", "firmware", "--disk", img)...)
+	require.Equal(t, 0, r.code, "stdout: %q\nstderr: %s", r.stdout, r.stderr)
+	assert.Contains(t, r.stdout, "SeaBIOS")
+	assert.Contains(t, r.stdout, "wisp-mbr-ok\r\n")
+
+	r = wisp(t, "", "run", "--boot", "firmware", "--", "true")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "add --disk PATH")
+	r = wisp(t, "", "run", "--boot", "firmware", "--accel", "kvm", "--disk", img)
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "use --accel tcg or auto")
+}

@@ -97,6 +97,9 @@ type VM struct {
 
 // New prepares a VM for a validated cfg; nothing touches KVM until Start.
 func New(cfg vmm.Config, con vmm.Console, opts Options) (*VM, error) {
+	if cfg.Boot == vmm.BootFirmware {
+		return nil, vmm.Invalidf("--boot firmware runs on the TCG backend (wisp's KVM VMM has no BIOS): use --accel tcg or auto")
+	}
 	if con.Out == nil {
 		con.Out = io.Discard
 	}

@@ -100,7 +100,8 @@ type sockets struct {
 // commandLine renders the arguments (without the binary) for cfg. It is pure
 // so that table tests pin down every flag.
 func commandLine(cfg vmm.Config, s sockets, o Options, extra []Device) ([]string, error) {
-	if cfg.Kernel == "" {
+	firmwareBoot := cfg.Boot == vmm.BootFirmware
+	if cfg.Kernel == "" && !firmwareBoot {
 		return nil, fmt.Errorf("kernel: empty path: %w", vmm.ErrInvalidConfig)
 	}
 	if cfg.CPUs < 1 || cfg.CPUs > vmm.MaxCPUs {
@@ -142,18 +143,24 @@ func commandLine(cfg vmm.Config, s sockets, o Options, extra []Device) ([]string
 		"-m", mib,
 		// Shared so the vhost-user device servers can map guest RAM.
 		"-object", "memory-backend-memfd,id=" + MemoryBackendID + ",size=" + mib + ",share=on",
-		"-kernel", cfg.Kernel,
 	}
-	// New resolves an empty Firmware (defaultFirmware); this function stays
-	// pure.
-	if o.Firmware != "" && o.Firmware != FirmwareQEMUDefault {
-		args = append(args, "-bios", o.Firmware)
-	}
-	if cfg.Initrd != "" {
-		args = append(args, "-initrd", cfg.Initrd)
-	}
-	if cfg.Cmdline != "" {
-		args = append(args, "-append", cfg.Cmdline)
+	if firmwareBoot {
+		// QEMU's own SeaBIOS, which boots from disks (qboot only loads
+		// -kernel); it tries the disks in PCI order, so the first --disk.
+		args = append(args, "-boot", "strict=on")
+	} else {
+		args = append(args, "-kernel", cfg.Kernel)
+		// New resolves an empty Firmware (defaultFirmware); this function
+		// stays pure.
+		if o.Firmware != "" && o.Firmware != FirmwareQEMUDefault {
+			args = append(args, "-bios", o.Firmware)
+		}
+		if cfg.Initrd != "" {
+			args = append(args, "-initrd", cfg.Initrd)
+		}
+		if cfg.Cmdline != "" {
+			args = append(args, "-append", cfg.Cmdline)
+		}
 	}
 	args = append(args,
 		// QEMU connects to wisp's sockets (wisp listens), so nothing QEMU

@@ -108,6 +108,14 @@ func TestCommandLine(t *testing.T) {
 				wiring, []string{"-no-reboot"}, sandbox),
 		},
 		{
+			name: "firmware boot: SeaBIOS from the disks, no kernel, qboot ignored",
+			cfg:  func(c *vmm.Config) { c.Boot, c.Kernel, c.Initrd = vmm.BootFirmware, "", "" },
+			opts: Options{Firmware: QBootROM},
+			want: join(head("q35", "tcg", "max", "2", "512M"),
+				[]string{"-boot", "strict=on"},
+				wiring, []string{"-no-reboot"}, sandbox),
+		},
+		{
 			name: "QEMU's default firmware",
 			opts: Options{Firmware: FirmwareQEMUDefault},
 			want: join(head("q35", "tcg", "max", "2", "512M"),
