@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wisp-vmm/wisp/internal/cache"
 )
 
 const (
@@ -66,11 +68,11 @@ func (k *Kit) DebianKernel(ctx context.Context) (*Kernel, error) {
 		return k.hostKernel(ctx)
 	}
 	kernels := filepath.Join(k.cacheDir(), "kernels")
-	lock, err := lockCache(ctx, kernels, "debian")
+	lock, err := cache.Acquire(ctx, kernels, "debian")
 	if err != nil {
 		return nil, err
 	}
-	defer lock.unlock()
+	defer lock.Unlock()
 
 	if r, err := readResolution(kernels); err == nil && time.Since(r.ResolvedAt) < resolveTTL {
 		if kern, err := readKernelMeta(filepath.Join(kernels, r.entryName())); err == nil {
@@ -152,7 +154,7 @@ func writeResolution(kernels string, r debianResolution) error {
 // fetchDebianKernel downloads and unpacks the kernel package into a staging
 // directory and publishes it as dir.
 func (k *Kit) fetchDebianKernel(ctx context.Context, a *apt, r debianResolution, dir string) (kern *Kernel, err error) {
-	tmp, err := stagingDir(dir)
+	tmp, err := cache.Staging(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -280,18 +282,18 @@ func (k *Kit) bootKernel(ctx context.Context, bootDir, modulesRoot, running stri
 	}
 
 	kernels := filepath.Join(k.cacheDir(), "kernels")
-	lock, err := lockCache(ctx, kernels, "host")
+	lock, err := cache.Acquire(ctx, kernels, "host")
 	if err != nil {
 		return nil, err
 	}
-	defer lock.unlock()
+	defer lock.Unlock()
 	dir := filepath.Join(kernels, "host-"+safeName(release))
 	elfPath := filepath.Join(dir, "vmlinux")
 	if _, err := os.Stat(elfPath); err == nil {
 		kern.ELF = elfPath
 		return kern, nil
 	}
-	tmp, err := stagingDir(dir)
+	tmp, err := cache.Staging(dir)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/wisp-vmm/wisp/guest/kconfig"
+	"github.com/wisp-vmm/wisp/internal/cache"
 )
 
 const (
@@ -58,11 +59,11 @@ func (k *Kit) MinimalKernel(ctx context.Context) (*Kernel, error) {
 		return nil, fmt.Errorf("minimal kernel: apt-get is needed to install %s: %w", minimalSourcePackage, ErrNoKernel)
 	}
 	kernels := filepath.Join(k.cacheDir(), "kernels")
-	lock, err := lockCache(ctx, kernels, "minimal")
+	lock, err := cache.Acquire(ctx, kernels, "minimal")
 	if err != nil {
 		return nil, err
 	}
-	defer lock.unlock()
+	defer lock.Unlock()
 
 	if srcVersion := installedVersion(ctx, minimalSourcePackage); srcVersion != "" {
 		dir := filepath.Join(kernels, "minimal-"+minimalKey(kconfig.MicroVM(), srcVersion))
@@ -112,7 +113,7 @@ func (k *Kit) kernelSource(ctx context.Context, kernels, srcVersion string) (str
 		return dir, nil
 	}
 	tarball := filepath.Join("/usr/src", minimalSourcePackage+".tar.xz")
-	tmp, err := stagingDir(dir)
+	tmp, err := cache.Staging(dir)
 	if err != nil {
 		return "", err
 	}
@@ -200,7 +201,7 @@ func (k *Kit) buildMinimal(ctx context.Context, src, build, result string) (kern
 		return nil, fmt.Errorf("minimal kernel: %w", err)
 	}
 
-	tmp, err := stagingDir(result)
+	tmp, err := cache.Staging(result)
 	if err != nil {
 		return nil, err
 	}

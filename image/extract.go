@@ -15,7 +15,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wisp-vmm/wisp/image/internal/cache"
+	"github.com/wisp-vmm/wisp/internal/cache"
 	"github.com/wisp-vmm/wisp/image/internal/command"
 )
 

@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wisp-vmm/wisp/image"
-	"github.com/wisp-vmm/wisp/image/internal/cache"
+	"github.com/wisp-vmm/wisp/internal/cache"
 	"github.com/wisp-vmm/wisp/image/vmdir"
 	"github.com/wisp-vmm/wisp/vmm"
 )

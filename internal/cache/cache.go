@@ -1,4 +1,5 @@
-// Package cache holds the pieces every image cache entry is made with: a
+// Package cache holds the pieces every entry of wisp's cache (kernels,
+// initramfs, images) is made with: a
 // file lock per entry (builds run in several processes, e.g. parallel test
 // binaries), a staging directory next to the entry, and publishing by
 // rename, so a reader never sees half an entry and a killed build leaves
