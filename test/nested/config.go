@@ -23,7 +23,11 @@ const (
 // Defaults for WISP_NESTED_TIMEOUT (the whole nested run) and
 // WISP_NESTED_TEST_TIMEOUT (each inner test binary, as go test's own).
 const (
-	DefaultTimeout     = 20 * time.Minute
+	DefaultTimeout = 20 * time.Minute
+	// StallTimeout is how long the nested VM may print nothing before it
+	// is declared stuck: longer than any one inner test takes under load
+	// (they print as they start and end).
+	StallTimeout       = 6 * time.Minute
 	DefaultTestTimeout = 10 * time.Minute
 )
 

@@ -6,10 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/wisp-vmm/wisp/test/nested/protocol"
 )
 
 func TestInitramfsRoundTrip(t *testing.T) {
@@ -143,7 +146,7 @@ func TestVMArgs(t *testing.T) {
 }
 
 func TestRunReportsAMissingEmulator(t *testing.T) {
-	err := Run(t.Context(), VM{QEMU: filepath.Join(t.TempDir(), "no-qemu")}, func(string) {})
+	err := Run(t.Context(), VM{QEMU: filepath.Join(t.TempDir(), "no-qemu")}, 0, func(string) {})
 	require.Error(t, err)
 	assert.False(t, errors.Is(err, ErrTimeout))
 }
@@ -164,4 +167,33 @@ func TestParseLDD(t *testing.T) {
 
 	_, err = parseLDD("\tlibfoo.so.1 => not found\n")
 	assert.ErrorContains(t, err, "libfoo")
+}
+
+// A VM that stops printing is killed after the stall time and reported as
+// stalled, not left to the overall deadline.
+func TestRunDetectsAStalledVM(t *testing.T) {
+	fake := filepath.Join(t.TempDir(), "fake-qemu")
+	require.NoError(t, os.WriteFile(fake, []byte("#!/bin/sh\necho booting\nexec sleep 600\n"), 0o755))
+	var lines []string
+	err := Run(t.Context(), VM{QEMU: fake}, 300*time.Millisecond, func(l string) { lines = append(lines, l) })
+	require.ErrorIs(t, err, ErrStalled)
+	assert.Equal(t, []string{"booting"}, lines)
+}
+
+// After a stall, only the binaries that did not end run again, and their
+// new results replace the unfinished ones.
+func TestRetryRunsOnlyUnfinishedBinaries(t *testing.T) {
+	plan := protocol.Plan{Binaries: []protocol.Binary{{Name: "a"}, {Name: "b"}, {Name: "c"}}}
+	first := &Results{Binaries: []*BinaryResult{{Name: "a", Ended: true}, {Name: "b"}}}
+	unfinished := unfinishedBinaries(plan, first)
+	require.Equal(t, []protocol.Binary{{Name: "b"}, {Name: "c"}}, unfinished)
+
+	retry := &Results{Binaries: []*BinaryResult{{Name: "b", Ended: true}, {Name: "c", Ended: true}}, Done: true, KVM: "api=12"}
+	first.Merge(retry)
+	require.Len(t, first.Binaries, 3)
+	for _, b := range first.Binaries {
+		assert.True(t, b.Ended, b.Name)
+	}
+	assert.True(t, first.Done)
+	assert.Equal(t, "api=12", first.KVM)
 }

@@ -99,7 +99,7 @@ func RunProgram(ctx context.Context, p Program, out func(line string)) (int, err
 
 	var res Results
 	running := false
-	runErr := Run(ctx, vm, func(line string) {
+	runErr := Run(ctx, vm, 0, func(line string) {
 		res.Line(line)
 		m, marker, _ := protocol.ParseLine(line)
 		switch {

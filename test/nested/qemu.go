@@ -49,10 +49,20 @@ func (vm VM) Args() []string {
 // ErrTimeout means the nested VM was still running at the deadline.
 var ErrTimeout = errors.New("nested VM did not finish in time")
 
+// ErrStalled means the nested VM printed nothing for the stall time: its
+// kernel is stuck (seen now and then under heavy host load, where QEMU's
+// emulation of nested SVM can stop making progress; the inner tests' own
+// -test.timeout never fires then, because the kernel running them is
+// stuck too).
+var ErrStalled = errors.New("nested VM stalled: no console output")
+
 // Run boots vm and calls line for every line of its console, in order,
 // until QEMU exits. At ctx's end it kills QEMU and returns ErrTimeout
-// (for a deadline) or ctx's error.
-func Run(ctx context.Context, vm VM, line func(string)) error {
+// (for a deadline) or ctx's error; after stall without a line (0: never)
+// it kills QEMU and returns ErrStalled.
+func Run(ctx context.Context, vm VM, stall time.Duration, line func(string)) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	cmd := exec.CommandContext(ctx, vm.QEMU, vm.Args()...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -64,10 +74,18 @@ func Run(ctx context.Context, vm VM, line func(string)) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", vm.QEMU, err)
 	}
+	var watchdog *time.Timer
+	if stall > 0 {
+		watchdog = time.AfterFunc(stall, func() { cancel(ErrStalled) })
+		defer watchdog.Stop()
+	}
 	r := bufio.NewReaderSize(stdout, 64<<10)
 	for {
 		s, err := r.ReadString('\n')
 		if s != "" {
+			if watchdog != nil {
+				watchdog.Reset(stall)
+			}
 			line(strings.TrimRight(s, "\r\n"))
 		}
 		if err == io.EOF {
@@ -79,6 +97,8 @@ func Run(ctx context.Context, vm VM, line func(string)) error {
 	}
 	err = cmd.Wait()
 	switch {
+	case errors.Is(context.Cause(ctx), ErrStalled):
+		return fmt.Errorf("%w for %s", ErrStalled, stall)
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return ErrTimeout
 	case ctx.Err() != nil:

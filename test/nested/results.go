@@ -130,3 +130,34 @@ func (r *Results) testLine(line string) {
 		r.pending[r.test] = append(r.pending[r.test], line)
 	}
 }
+
+// Running names the binary and test that were running when the console
+// stopped, for messages.
+func (r *Results) Running() string {
+	if r.current == nil {
+		return "no test binary"
+	}
+	if r.test != "" {
+		return r.current.Name + " " + r.test
+	}
+	return r.current.Name
+}
+
+// Merge takes a retry's results: each binary the retry ran replaces the
+// first run's unfinished one, and the retry's verdicts on the VM as a
+// whole (KVM, DONE, errors, tail) replace the first run's.
+func (r *Results) Merge(retry *Results) {
+	for _, b := range retry.Binaries {
+		replaced := false
+		for i, old := range r.Binaries {
+			if old.Name == b.Name {
+				r.Binaries[i], replaced = b, true
+			}
+		}
+		if !replaced {
+			r.Binaries = append(r.Binaries, b)
+		}
+	}
+	r.KVM, r.Done, r.Errors, r.Tail = retry.KVM, retry.Done, retry.Errors, retry.Tail
+	r.current, r.test = retry.current, retry.test
+}
