@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,26 +169,39 @@ func TestMinimalKernel(t *testing.T) {
 	}
 }
 
-// leftovers lists QEMU processes and wisp runtime dirs that a run could
-// leave behind.
-func leftovers(t *testing.T) (procs, dirs []string) {
+// qemuChildren finds the QEMU processes wisp (pid) started and the runtime
+// directories their command lines name. Other tests boot QEMU at the same
+// time, so only this wisp's children count.
+func qemuChildren(t *testing.T, pid int) (pids []string, dirs []string) {
 	t.Helper()
 	entries, _ := os.ReadDir("/proc")
+	dirRE := regexp.MustCompile(`/[^ ,]*wisp-qemu-[0-9]+`)
 	for _, e := range entries {
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(cmdline, []byte("wisp-qemu-")) {
-			procs = append(procs, e.Name()+": "+strings.ReplaceAll(string(cmdline), "\x00", " "))
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces, so cut at ")".
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(f) < 2 || f[1] != fmt.Sprint(pid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if !bytes.Contains(cmdline, []byte("qemu-system")) {
+			continue
+		}
+		pids = append(pids, e.Name())
+		if d := dirRE.FindString(strings.ReplaceAll(string(cmdline), "\x00", " ")); d != "" {
+			dirs = append(dirs, d)
 		}
 	}
-	dirs, _ = filepath.Glob(filepath.Join(os.TempDir(), "wisp-qemu-*"))
-	return procs, dirs
+	return pids, dirs
 }
 
 func TestSignalsStopAndCleanUp(t *testing.T) {
 	requireQEMU(t)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
-			procsBefore, dirsBefore := leftovers(t)
 			cmd := exec.Command(wispBin, args()...)
 			cmd.Env = append(os.Environ(), "WISP_BOOT_MARKERS=1")
 			stdin, err := cmd.StdinPipe() // kept open: the shell waits for input
@@ -196,19 +210,24 @@ func TestSignalsStopAndCleanUp(t *testing.T) {
 			stderr := &testutil.SyncBuffer{}
 			cmd.Stderr = stderr
 			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
 			deadline := time.Now().Add(2 * time.Minute)
 			for !strings.Contains(stderr.String(), "boot marker 0x7f") && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			require.Contains(t, stderr.String(), "boot marker 0x7f", "the guest reached userspace")
+			pids, dirs := qemuChildren(t, cmd.Process.Pid)
+			require.Len(t, pids, 1, "wisp runs one QEMU")
+			require.Len(t, dirs, 1, "QEMU's sockets are in one runtime dir")
+			require.DirExists(t, dirs[0])
 			require.NoError(t, cmd.Process.Signal(sig))
 			err = cmd.Wait()
 			var ee *exec.ExitError
 			require.ErrorAs(t, err, &ee)
 			assert.Equal(t, vmm.CodeSignalBase+int(sig), ee.ExitCode(), stderr.String())
-			procs, dirs := leftovers(t)
-			assert.ElementsMatch(t, procsBefore, procs, "no QEMU process left behind")
-			assert.ElementsMatch(t, dirsBefore, dirs, "no runtime dir left behind")
+			_, err = os.Stat(filepath.Join("/proc", pids[0]))
+			assert.True(t, os.IsNotExist(err), "QEMU (pid %s) is gone", pids[0])
+			assert.NoDirExists(t, dirs[0], "the runtime dir is gone")
 		})
 	}
 }

@@ -173,6 +173,7 @@ func TestNetTapRemovedOnSignal(t *testing.T) {
 	out := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
 	deadline := time.Now().Add(2 * time.Minute)
 	for !strings.Contains(out.String(), "ready") && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
@@ -210,6 +211,7 @@ func TestNetUser(t *testing.T) {
 	var errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = out, &errOut
 	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // a failed check must not leave the VM running
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
