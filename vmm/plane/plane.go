@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 
 	"github.com/wisp-vmm/wisp/devices/virtio"
@@ -25,9 +24,6 @@ import (
 // then NICs, then the RNG.
 type Plane struct {
 	devices []virtio.Device
-	// closers release what the devices do not own (the user network);
-	// they run after the devices are closed.
-	closers []io.Closer
 	// Taps are the names of the taps the plane uses, in --net order.
 	Taps []string
 }
@@ -121,15 +117,13 @@ func (p *Plane) openNet(ctx context.Context, n vmm.Net) (vnet.Backend, error) {
 // Devices are the VM's virtio devices in guest order.
 func (p *Plane) Devices() []virtio.Device { return append([]virtio.Device(nil), p.devices...) }
 
-// Close closes every device (resetting it first) and what they use.
+// Close closes every device (resetting it first); each device owns its
+// backend (image file, tap, user network) and releases it.
 func (p *Plane) Close() error {
 	var errs []error
 	for _, d := range p.devices {
 		errs = append(errs, d.Close())
 	}
-	for _, c := range p.closers {
-		errs = append(errs, c.Close())
-	}
-	p.devices, p.closers = nil, nil
+	p.devices = nil
 	return errors.Join(errs...)
 }
