@@ -10,8 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wisp-vmm/wisp/image"
-	"github.com/wisp-vmm/wisp/internal/cache"
 	"github.com/wisp-vmm/wisp/image/vmdir"
+	"github.com/wisp-vmm/wisp/internal/cache"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 

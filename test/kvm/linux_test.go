@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wisp-vmm/wisp/devices/virtio"
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/fixtures"
@@ -107,12 +108,14 @@ func TestMinimalLinuxOnKVM(t *testing.T) {
 
 // bootLinux boots cfg on wisp's KVM backend to its end and returns the
 // console, how it ended and the boot markers written.
-func bootLinux(t *testing.T, cfg vmm.Config) (string, vmm.ExitStatus, []byte) {
+func bootLinux(t *testing.T, cfg vmm.Config, devs ...virtio.Device) (string, vmm.ExitStatus, []byte) {
 	t.Helper()
-	var out testutil.SyncBuffer
+	var out, log testutil.SyncBuffer
 	var markers []byte
 	var mu sync.Mutex
 	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{
+		Virtio: devs,
+		Log:    &log,
 		OnBootMarker: func(code byte, _ time.Duration) {
 			mu.Lock()
 			markers = append(markers, code)
@@ -126,7 +129,7 @@ func bootLinux(t *testing.T, cfg vmm.Config) (string, vmm.ExitStatus, []byte) {
 	require.NoError(t, vm.Start(ctx))
 	st, err := vm.Wait()
 	require.NoError(t, err)
-	t.Logf("guest ended: %s (%s)", st.Reason, st.Detail)
+	t.Logf("guest ended: %s (%s); wisp log:\n%s", st.Reason, st.Detail, log.String())
 	mu.Lock()
 	defer mu.Unlock()
 	return out.String(), st, append([]byte(nil), markers...)

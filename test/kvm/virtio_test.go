@@ -1,24 +1,19 @@
 package kvm_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wisp-vmm/wisp/devices/virtio"
 	"github.com/wisp-vmm/wisp/devices/virtio/blk"
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/kvm"
-	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"
-	"github.com/wisp-vmm/wisp/vmm/kvmvm"
 )
 
 // What the disk test's guest and host leave for each other.
@@ -98,17 +93,8 @@ func bootLinuxWithDisk(t *testing.T, cfg vmm.Config, img string) (string, vmm.Ex
 	t.Helper()
 	disk, err := blk.Open(blk.Options{Path: img, OnError: func(q int, err error) { t.Logf("disk queue %d: %v", q, err) }})
 	require.NoError(t, err)
-	var out, log testutil.SyncBuffer
-	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{Virtio: []virtio.Device{disk}, Log: &log})
-	require.NoError(t, err)
-	// A bound only a hung VMM reaches: nested KVM under TCG is slow.
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
-	defer cancel()
-	require.NoError(t, vm.Start(ctx))
-	st, err := vm.Wait()
-	require.NoError(t, err)
-	t.Logf("guest ended: %s (%s); wisp log:\n%s", st.Reason, st.Detail, log.String())
-	return out.String(), st
+	console, st, _ := bootLinux(t, cfg, disk)
+	return console, st
 }
 
 // grepLines returns the lines of s that contain any of words.
