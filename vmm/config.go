@@ -72,6 +72,10 @@ type Config struct {
 	RNG bool
 	// Boot is BootKernel (the default) or BootFirmware.
 	Boot BootMode
+	// StateDir is a directory private to this VM where it keeps what it
+	// writes at run time (qcow2 overlays, sockets). Empty: a fresh
+	// directory under os.TempDir(), removed when the VM is closed.
+	StateDir string
 }
 
 // Limits on what a guest may ask for.
