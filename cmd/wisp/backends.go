@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/wisp-vmm/wisp/devices/virtio"
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"
 	"github.com/wisp-vmm/wisp/vmm/kvmvm"

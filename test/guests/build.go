@@ -18,7 +18,7 @@ import (
 
 	"github.com/wisp-vmm/wisp/boot/acpi"
 	vpci "github.com/wisp-vmm/wisp/devices/virtio/pci"
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 )
 
 // Environment variables Build reads.

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 )
 
 // TestEveryGuestBuilds builds each guest and checks the shape a loader
@@ -167,7 +167,7 @@ func TestProbeImageIsUpToDate(t *testing.T) {
 	built, err := os.ReadFile(Build(t, Probe))
 	require.NoError(t, err)
 	if !bytes.Equal(built, probe.Image()) {
-		t.Fatalf("test/guests/probe/image_data.go is out of date with src/probe.S (or this toolchain builds other bytes): run go generate ./test/guests/probe")
+		t.Fatalf("vmm/accel/probeguest/image_data.go is out of date with src/probe.S (or this toolchain builds other bytes): run go generate ./vmm/accel/probeguest")
 	}
 }
 

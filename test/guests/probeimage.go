@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// ProbeImageSource is the Go source of test/guests/probe/image_data.go for
+// ProbeImageSource is the Go source of vmm/accel/probeguest/image_data.go for
 // the probe image: one string constant, 32 bytes a line, every byte as a
 // \x escape so the file is plain ASCII and diffs line by line.
 func ProbeImageSource(image []byte) []byte {

@@ -15,7 +15,7 @@ import (
 	"github.com/wisp-vmm/wisp/boot"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/guests"
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 

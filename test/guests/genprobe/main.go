@@ -1,7 +1,7 @@
 // Command genprobe builds the probe guest (probe.elf) from test/guests/src
 // and writes it as a Go constant, so that wisp's `--accel auto` carries its
 // KVM usability probe without needing a toolchain where it runs. It is run
-// by `go generate ./test/guests/probe`; the guests package's tests fail
+// by `go generate ./vmm/accel/probeguest`; the guests package's tests fail
 // when the generated file no longer matches the sources.
 //
 // Usage: genprobe OUTPUT.go

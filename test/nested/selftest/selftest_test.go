@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/wisp-vmm/wisp/test/guests"
-	"github.com/wisp-vmm/wisp/test/guests/probe"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 )
 
 // newMachine creates a mini VM, or skips the test loudly where /dev/kvm

@@ -1,4 +1,4 @@
-// Package probe names the codes that wisp's KVM usability probe guest
+// Package probeguest names the codes that wisp's KVM usability probe guest
 // (test/guests/src/probe.S, built as "probe.elf") writes to the marker port,
 // and turns the codes a run produced into a verdict and a reason.
 //
@@ -11,7 +11,7 @@
 // writes AllPassed and powers off. Failures the guest detects itself are
 // written as their own codes (Exception|vector, WrongResult, TimerTimeout)
 // just before it powers off.
-package probe
+package probeguest
 
 import (
 	"fmt"
