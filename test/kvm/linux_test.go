@@ -113,6 +113,11 @@ func bootLinux(t *testing.T, cfg vmm.Config, devs ...virtio.Device) (string, vmm
 	var out, log testutil.SyncBuffer
 	var markers []byte
 	var mu sync.Mutex
+	t.Cleanup(func() {
+		for _, d := range devs {
+			assert.NoError(t, d.Close(), "close %v", d.Type())
+		}
+	})
 	vm, err := kvmvm.New(cfg, vmm.Console{Out: &out}, kvmvm.Options{
 		Virtio: devs,
 		Log:    &log,

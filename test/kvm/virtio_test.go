@@ -88,7 +88,7 @@ func TestMinimalLinuxUsesVirtioBlk(t *testing.T) {
 }
 
 // bootLinuxWithDisk boots cfg with a virtio-blk disk on img and returns
-// the console and how the guest ended. The VM closes the disk.
+// the console and how the guest ended; the disk is closed when the test ends.
 func bootLinuxWithDisk(t *testing.T, cfg vmm.Config, img string) (string, vmm.ExitStatus) {
 	t.Helper()
 	disk, err := blk.Open(blk.Options{Path: img, OnError: func(q int, err error) { t.Logf("disk queue %d: %v", q, err) }})

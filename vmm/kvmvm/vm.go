@@ -52,9 +52,9 @@ type Options struct {
 	// vCPU runs; tests use it to poke parameters into guest RAM.
 	AfterLoad func(mem GuestMemory) error
 	// Virtio devices become virtio-pci functions on PCI bus 0, in order
-	// from slot 1 (so the first disk is Linux's vda). The VM owns them
-	// from Start on: a guest reset resets them, and they are closed when
-	// the VM ends for good (or Start fails).
+	// from slot 1 (so the first disk is Linux's vda). A guest reset
+	// resets them and the VM stops them when it ends, but the caller owns
+	// them and closes them (vmm/machine does, for every backend).
 	Virtio []virtio.Device
 }
 
@@ -127,7 +127,7 @@ func (v *VM) Start(ctx context.Context) error {
 	inst, err := newInstance(v.cfg, v.out, v.opts)
 	if err != nil {
 		_ = v.out.Close()
-		return errors.Join(err, v.closeDevices())
+		return err
 	}
 	v.setCurrent(inst)
 	if v.con.In != nil {
@@ -187,7 +187,7 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 			// Console output errors (a closed terminal) do not change how
 			// the guest ended.
 			_ = v.out.Close()
-			v.status, v.err = st, errors.Join(runErr, closeErr, v.closeDevices())
+			v.status, v.err = st, errors.Join(runErr, closeErr)
 			close(v.done)
 			return
 		}
@@ -196,7 +196,7 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 		if err != nil {
 			_ = v.out.Close()
 			v.status = vmm.ExitStatus{Reason: vmm.ExitBackendFailure, Detail: "restart after reset: " + err.Error()}
-			v.err = errors.Join(err, v.closeDevices())
+			v.err = err
 			close(v.done)
 			return
 		}
@@ -207,24 +207,12 @@ func (v *VM) supervise(ctx context.Context, inst *instance) {
 			v.mu.Lock()
 			v.status = *v.stopping
 			v.mu.Unlock()
-			v.err = v.closeDevices()
 			close(v.done)
 			return
 		}
 		next.start()
 		inst = next
 	}
-}
-
-// closeDevices closes Options.Virtio once the VM has ended for good.
-func (v *VM) closeDevices() error {
-	var errs []error
-	for i, d := range v.opts.Virtio {
-		if err := d.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close virtio device %d (%v): %w", i, d.Type(), err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // inputSink is where console input currently goes (the running instance's
