@@ -10,8 +10,8 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/wisp-vmm/wisp/image/internal/command"
 	"github.com/wisp-vmm/wisp/image/internal/progress"
+	"github.com/wisp-vmm/wisp/internal/command"
 )
 
 // ErrExists: the output of a conversion already exists.

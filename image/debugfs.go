@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/wisp-vmm/wisp/image/internal/command"
+	"github.com/wisp-vmm/wisp/internal/command"
 )
 
 // maxLinkHops bounds symlink chains in an image (the kernel's own limit

@@ -15,8 +15,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/wisp-vmm/wisp/image/internal/command"
 	"github.com/wisp-vmm/wisp/internal/cache"
+	"github.com/wisp-vmm/wisp/internal/command"
 )
 
 // Limits on boot files read out of an image: a hostile image could claim

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wisp-vmm/wisp/image/internal/command"
+	"github.com/wisp-vmm/wisp/internal/command"
 )
 
 // needTools skips a test that drives tools this host lacks.

@@ -18,9 +18,9 @@ import (
 	"time"
 
 	"github.com/wisp-vmm/wisp/image"
-	"github.com/wisp-vmm/wisp/image/internal/command"
 	"github.com/wisp-vmm/wisp/image/internal/progress"
 	"github.com/wisp-vmm/wisp/internal/cache"
+	"github.com/wisp-vmm/wisp/internal/command"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 

@@ -18,10 +18,10 @@ import (
 
 	"github.com/wisp-vmm/wisp/guest"
 	"github.com/wisp-vmm/wisp/image"
-	"github.com/wisp-vmm/wisp/image/internal/command"
 	"github.com/wisp-vmm/wisp/image/internal/progress"
 	"github.com/wisp-vmm/wisp/image/vmdir"
 	"github.com/wisp-vmm/wisp/internal/cache"
+	"github.com/wisp-vmm/wisp/internal/command"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 

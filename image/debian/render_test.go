@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/wisp-vmm/wisp/image/internal/command"
+	"github.com/wisp-vmm/wisp/internal/command"
 	"github.com/wisp-vmm/wisp/vmm"
 )
 
