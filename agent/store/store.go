@@ -93,9 +93,8 @@ func Open(path string) (*Store, error) {
 func (s *Store) initSchema(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
 	if meta == nil {
-		empty := true
-		tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
-		if !empty {
+		// A bucket cursor's first key says whether anything is there.
+		if k, _ := tx.Cursor().First(); k != nil {
 			return fmt.Errorf("store %s is %w: a bbolt database without wisp's meta bucket", s.path, ErrNotStore)
 		}
 		var err error
