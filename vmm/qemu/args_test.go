@@ -253,27 +253,6 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	require.ErrorIs(t, err, vmm.ErrInvalidConfig)
 }
 
-func TestLastLine(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"", ""},
-		{"one", "one"},
-		{"one\n", "one"},
-		{"one\ntwo\r\n\n", "two"},
-		{"qemu-system-x86_64: -kernel /x: could not open\n", "qemu-system-x86_64: -kernel /x: could not open"},
-	}
-	for _, tt := range tests {
-		assert.Equal(t, tt.want, lastLine([]byte(tt.in)), "%q", tt.in)
-	}
-}
-
-func TestTailBufferKeepsTheEnd(t *testing.T) {
-	tb := newTailBuffer(16)
-	_, _ = tb.Write([]byte(strings.Repeat("x", 40) + "\nlast line\n"))
-	assert.Equal(t, "last line", tb.LastLine())
-	_, _ = tb.Write([]byte("0123456789abcdefXYZ"))
-	assert.Equal(t, "3456789abcdefXYZ", tb.LastLine())
-}
-
 // splitOpts splits a QEMU option list the way QEMU does: a single comma
 // separates, a doubled comma is a literal comma.
 func splitOpts(s string) []string {

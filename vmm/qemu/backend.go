@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wisp-vmm/wisp/internal/tail"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/qemu/qmp"
 )
@@ -154,7 +155,7 @@ type run struct {
 	conns      []net.Conn
 	procExited chan struct{}
 	procErr    error
-	stderr     *tailBuffer
+	stderr     *tail.Buffer
 }
 
 // Start creates the runtime directory, starts QEMU paused, connects QMP,
@@ -173,7 +174,7 @@ func (b *Backend) Start(ctx context.Context) (err error) {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	r := &run{procExited: make(chan struct{}), stderr: newTailBuffer(8 << 10)}
+	r := &run{procExited: make(chan struct{}), stderr: tail.New(8 << 10)}
 	defer func() {
 		if err != nil {
 			err = b.abort(ctx, r, err)

@@ -2,7 +2,6 @@ package qemu
 
 import (
 	"net"
-	"sync"
 	"time"
 )
 
@@ -40,42 +39,4 @@ func (b *Backend) readMarkers(conn net.Conn, start time.Time) {
 			return
 		}
 	}
-}
-
-// tailBuffer keeps the last bytes written to it, for QEMU's error message.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func newTailBuffer(max int) *tailBuffer { return &tailBuffer{max: max} }
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if over := len(t.buf) - t.max; over > 0 {
-		t.buf = append(t.buf[:0], t.buf[over:]...)
-	}
-	return len(p), nil
-}
-
-// LastLine is the last non-empty line written, without its line end.
-func (t *tailBuffer) LastLine() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return lastLine(t.buf)
-}
-
-func lastLine(b []byte) string {
-	end := len(b)
-	for end > 0 && (b[end-1] == '\n' || b[end-1] == '\r' || b[end-1] == ' ') {
-		end--
-	}
-	start := end
-	for start > 0 && b[start-1] != '\n' {
-		start--
-	}
-	return string(b[start:end])
 }

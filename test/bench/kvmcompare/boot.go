@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wisp-vmm/wisp/internal/tail"
 )
 
 // Milestone is a console line both VMMs' guests print, timed from the
@@ -104,26 +106,8 @@ type event struct {
 	at        time.Duration
 }
 
-// tail keeps the last lines of a stream for error messages.
-type tail struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (t *tail) add(line string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.lines = append(t.lines, line)
-	if len(t.lines) > 15 {
-		t.lines = t.lines[len(t.lines)-15:]
-	}
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Join(t.lines, "\n")
-}
+// tailSize is how much of the end of each stream a failed boot quotes.
+const tailSize = 2048
 
 // boot runs s once: it timestamps the milestones on the console (stdout)
 // and the init marker as they arrive, reads the process's memory at the
@@ -154,7 +138,8 @@ func boot(ctx context.Context, s subject, ms []Milestone, timeout time.Duration)
 		cmd.ExtraFiles = []*os.File{markerW}
 	}
 
-	var console, errlog tail
+	// The ends of both streams, for the error when the boot fails.
+	console, errlog := tail.New(tailSize), tail.New(tailSize)
 	events := make(chan event, 64)
 	var readers sync.WaitGroup
 	start := time.Now()
@@ -170,7 +155,7 @@ func boot(ctx context.Context, s subject, ms []Milestone, timeout time.Duration)
 		defer readers.Done()
 		readLines(stdout, func(line string) {
 			at := time.Since(start)
-			console.add(line)
+			_, _ = console.Write([]byte(line + "\n"))
 			if i := matchMilestone(ms, line); i >= 0 {
 				events <- event{kind: evMilestone, milestone: i, at: at}
 			}
@@ -180,7 +165,7 @@ func boot(ctx context.Context, s subject, ms []Milestone, timeout time.Duration)
 		defer readers.Done()
 		readLines(stderr, func(line string) {
 			at := time.Since(start)
-			errlog.add(line)
+			_, _ = errlog.Write([]byte(line + "\n"))
 			if s.marker == markerInStderrLog && isWispInitMarker(line) {
 				events <- event{kind: evInit, at: at}
 			}
