@@ -11,6 +11,15 @@
 // console and powers off when it exits. With root= it first mounts that
 // disk and switches to it: the command then runs there, and without one
 // the disk's own init takes over PID 1.
+//
+// A press of the ACPI power button (a VMM's graceful stop) ends the
+// command or shell and every other process (SIGTERM, a short grace,
+// SIGKILL), syncs and powers off; wisp.powerbutton=ignore on the kernel
+// command line makes init ignore it (see package initproto). The button is
+// read from the event devices of the input devices named "Power Button"
+// (the kernel's ACPI button and evdev drivers, loaded from the modules
+// file when they are modules). Once the disk's own init has taken over,
+// the button is its business.
 package main
 
 import (
@@ -51,7 +60,7 @@ func main() {
 	mountAll(log)
 	log.openKmsg()
 
-	params, cmdlineErr := readParams()
+	cmdline, params, cmdlineErr := readParams()
 	if params.Argv != nil && params.Quiet {
 		// The command's output is the guest's output: keep the kernel's
 		// messages (except emergencies) off the console while it runs.
@@ -63,9 +72,17 @@ func main() {
 	if params.Root != "" {
 		rootErr = switchRoot(log, params)
 	}
+	handOver := params.Root != "" && rootErr == nil && params.Argv == nil
+	var button <-chan struct{}
+	if !handOver && !ignoresPowerButton(cmdline) {
+		// Before the boot marker: a host may press the button as soon
+		// as it sees the marker.
+		button = watchPowerButtons(log, "/")
+	}
 	markUserspace(log)
-	if params.Root != "" && rootErr == nil && params.Argv == nil {
-		// The disk's own init (systemd, or busybox init) takes over.
+	if handOver {
+		// The disk's own init (systemd, or busybox init) takes over,
+		// and with it the power button.
 		rootErr = execInit(params.Init)
 	}
 
@@ -88,24 +105,24 @@ func main() {
 		fmt.Fprintln(console, "wisp-init: starting a shell in the initramfs instead")
 	}
 	if params.Argv != nil {
-		status := runCommand(log, console, params.Argv, sigs)
+		status := runCommand(log, console, params.Argv, sigs, button)
 		finishCommand(log, console, status)
 	}
-	runShell(log, console, sigs)
+	runShell(log, console, sigs, button)
 	powerOff(log, console)
 }
 
-// readParams parses wisp's parameters from /proc/cmdline.
-func readParams() (initproto.Params, error) {
+// readParams reads /proc/cmdline and parses wisp's parameters from it.
+func readParams() (string, initproto.Params, error) {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
-		return initproto.Params{}, fmt.Errorf("read /proc/cmdline: %w", err)
+		return "", initproto.Params{}, fmt.Errorf("read /proc/cmdline: %w", err)
 	}
 	p, err := initproto.ParseCmdline(string(b))
 	if err != nil {
-		return initproto.Params{}, fmt.Errorf("kernel command line: %w", err)
+		return string(b), initproto.Params{}, fmt.Errorf("kernel command line: %w", err)
 	}
-	return p, nil
+	return string(b), p, nil
 }
 
 // childEnv is the environment for the command or shell: what the kernel

@@ -80,7 +80,13 @@ func waitFor(pid int) (unix.WaitStatus, error) {
 // forwardSignals passes SIGINT, SIGTERM and SIGPWR that init receives
 // (from the kernel's ctrl-alt-del handling, or a VMM asking for a graceful
 // stop) to the command's process group as SIGTERM, until done is closed.
-func forwardSignals(pgid int, sigs <-chan os.Signal, done <-chan struct{}) {
+//
+// A power-button press ends every process, as stopEverything does before
+// power-off: SIGTERM, then SIGKILL after stopGrace for whatever is left (an
+// interactive shell ignores SIGTERM). The command's end then takes init
+// down its usual path to power-off. Reaping stays with waitFor.
+func forwardSignals(log *logger, console *os.File, pgid int, sigs <-chan os.Signal, button <-chan struct{}, done <-chan struct{}) {
+	var killAfterGrace <-chan time.Time
 	for {
 		select {
 		case <-done:
@@ -90,6 +96,17 @@ func forwardSignals(pgid int, sigs <-chan os.Signal, done <-chan struct{}) {
 				continue
 			}
 			unix.Kill(-pgid, unix.SIGTERM)
+		case <-button:
+			button = nil // one press is enough
+			// On the console, so whoever watches it knows why the
+			// command ended.
+			fmt.Fprintln(console, "wisp-init: power button pressed: ending all processes and powering off")
+			unix.Kill(-1, unix.SIGTERM)
+			killAfterGrace = time.After(stopGrace)
+		case <-killAfterGrace:
+			killAfterGrace = nil
+			log.infof("killing processes still running after SIGTERM")
+			unix.Kill(-1, unix.SIGKILL)
 		}
 	}
 }
@@ -97,7 +114,7 @@ func forwardSignals(pgid int, sigs <-chan os.Signal, done <-chan struct{}) {
 // runCommand runs argv on the console and returns its exit status. It
 // prints to the console only when the command cannot be started, the way
 // a shell would.
-func runCommand(log *logger, console *os.File, argv []string, sigs <-chan os.Signal) int {
+func runCommand(log *logger, console *os.File, argv []string, sigs <-chan os.Signal, button <-chan struct{}) int {
 	os.Setenv("PATH", pathOf(childEnv(os.Environ())))
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
@@ -116,7 +133,7 @@ func runCommand(log *logger, console *os.File, argv []string, sigs <-chan os.Sig
 		return statusNotFound
 	}
 	done := make(chan struct{})
-	go forwardSignals(pid, sigs, done)
+	go forwardSignals(log, console, pid, sigs, button, done)
 	ws, err := waitFor(pid)
 	close(done)
 	reclaimForeground(log, console)
@@ -137,8 +154,8 @@ func pathOf(env []string) string {
 }
 
 // runShell runs an interactive login shell on the console and returns when
-// it exits.
-func runShell(log *logger, console *os.File, sigs <-chan os.Signal) {
+// it exits (or the power button ended it).
+func runShell(log *logger, console *os.File, sigs <-chan os.Signal, button <-chan struct{}) {
 	const shell = "/bin/sh"
 	// "-sh": a leading dash makes it a login shell, which reads /etc/profile.
 	pid, err := spawn(shell, []string{"-sh"}, console)
@@ -147,7 +164,7 @@ func runShell(log *logger, console *os.File, sigs <-chan os.Signal) {
 		return
 	}
 	done := make(chan struct{})
-	go forwardSignals(pid, sigs, done)
+	go forwardSignals(log, console, pid, sigs, button, done)
 	if _, err := waitFor(pid); err != nil {
 		log.errorf("%v", err)
 	}

@@ -42,6 +42,13 @@ const (
 	// a serial console has no size of its own, and full-screen programs
 	// need one.
 	ParamWinsize = "wisp.winsize"
+	// ParamPowerButton sets what init does when the ACPI power button is
+	// pressed (a VMM's graceful stop). By default init ends the command or
+	// shell and every other process (SIGTERM, a short grace, SIGKILL),
+	// syncs and powers off; "ignore" makes it ignore the button, like a
+	// guest without ACPI support, so a host can test its forced-stop
+	// fallback: wisp.powerbutton=ignore.
+	ParamPowerButton = "wisp.powerbutton"
 )
 
 // MaxCmdline is the x86 kernel's command line limit (COMMAND_LINE_SIZE
