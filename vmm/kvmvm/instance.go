@@ -15,6 +15,7 @@ import (
 	"github.com/wisp-vmm/wisp/devices/legacy"
 	pcibus "github.com/wisp-vmm/wisp/devices/pci"
 	vpci "github.com/wisp-vmm/wisp/devices/virtio/pci"
+	"github.com/wisp-vmm/wisp/internal/ratelog"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/memory"
@@ -59,6 +60,8 @@ type instance struct {
 	serial     *legacy.Serial
 	pm         *legacy.ACPIPM
 	vcpus      []*vcpu
+	// accessLog limits the lines failed guest accesses log (see serve).
+	accessLog *ratelog.Limiter[accessKey]
 
 	// finishOnce records the first reason the instance ends; every later
 	// one (other vCPUs noticing the stop) is dropped.
@@ -78,7 +81,8 @@ type instance struct {
 // newInstance builds everything up to the point where vCPUs can run. On
 // error everything made so far is released.
 func newInstance(cfg vmm.Config, out io.Writer, opts Options) (_ *instance, err error) {
-	inst := &instance{opts: opts, ended: make(chan struct{}), pio: devices.NewBus(), mmio: devices.NewBus()}
+	inst := &instance{opts: opts, ended: make(chan struct{}), pio: devices.NewBus(), mmio: devices.NewBus(),
+		accessLog: ratelog.New[accessKey](ratelog.Config{})}
 	defer func() {
 		if err != nil {
 			_ = inst.close()

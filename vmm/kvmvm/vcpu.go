@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/wisp-vmm/wisp/devices"
+	"github.com/wisp-vmm/wisp/internal/ratelog"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/vmm"
 )
@@ -135,10 +136,18 @@ func (inst *instance) serveIO(io kvm.IOExit) {
 	}
 }
 
+// accessKey is where a failed guest access went: its log lines are
+// limited per address.
+type accessKey struct {
+	mmio bool
+	addr uint64
+}
+
 // serve dispatches one access. Nothing answering at an address is normal
 // (Linux probes for hardware that is not there): reads float high like an
 // empty ISA bus, writes vanish. A device error is the guest's problem, not
-// the host's, and is only logged.
+// the host's, and is only logged, rate-limited: a guest repeating the
+// access must not flood the host's log nor stall this vCPU on writing it.
 func (inst *instance) serve(bus *devices.Bus, addr uint64, data []byte, write bool) {
 	var err error
 	if write {
@@ -154,7 +163,15 @@ func (inst *instance) serve(bus *devices.Bus, addr uint64, data []byte, write bo
 			data[i] = 0xff
 		}
 	}
-	if !errors.Is(err, devices.ErrNoDevice) {
-		fmt.Fprintf(inst.opts.Log, "wisp: %#x: %v\n", addr, err)
+	if errors.Is(err, devices.ErrNoDevice) {
+		return
 	}
+	ok, suppressed := inst.accessLog.Allow(accessKey{mmio: bus == inst.mmio, addr: addr})
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		fmt.Fprintf(inst.opts.Log, "wisp: %#x: %v\n", addr, ratelog.Suppressed(suppressed))
+	}
+	fmt.Fprintf(inst.opts.Log, "wisp: %#x: %v\n", addr, err)
 }

@@ -32,7 +32,8 @@ type Options struct {
 	// OnBootMarker is called for each byte the guest writes to the boot
 	// marker port.
 	OnBootMarker func(code byte, since time.Duration)
-	// Log receives diagnostics (accesses to ports no device serves, ...).
+	// Log receives diagnostics (a device failing a guest access, limited
+	// to a few lines per address a minute; a guest reset, ...).
 	Log io.Writer
 	// FlatBinary loads the kernel file as a raw real-mode image at
 	// FlatBinaryAddr and enters it at CS:IP = 0:FlatBinaryAddr, for small
