@@ -26,7 +26,8 @@ const maxModuleSize = 64 << 20
 // DefaultModules are the modules the default initramfs loads when the
 // kernel has them as modules (Debian's cloud kernel does): virtio over PCI
 // with the block, network, console, entropy, balloon and vsock drivers,
-// ext4 for a disk root, and pvpanic. Their dependencies are added automatically.
+// ext4 for a disk root, pvpanic, and the ACPI power button with evdev.
+// Their dependencies are added automatically.
 func DefaultModules() []string {
 	return []string{
 		"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
@@ -35,6 +36,10 @@ func DefaultModules() []string {
 		"ext4",
 		// pvpanic tells the VMM about a guest panic before panic=-1 reboots.
 		"pvpanic", "pvpanic_mmio",
+		// A graceful stop presses the ACPI power button: button reports
+		// it as an input event and evdev lets init read it from
+		// /dev/input/eventN (both modules in Debian's cloud kernel).
+		"evdev", "button",
 	}
 }
 

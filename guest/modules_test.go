@@ -3,6 +3,7 @@ package guest
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -180,4 +181,26 @@ func TestModuleTree(t *testing.T) {
 
 	_, err = tree.read("nonexistent")
 	require.True(t, errors.Is(err, ErrUnknownModule))
+}
+
+// TestDefaultModulesPowerButton checks, on Debian's cloud kernel, that the
+// default initramfs loads what init needs to hear the ACPI power button:
+// the button driver and evdev, each either built in or loaded (they are
+// modules there, CONFIG_ACPI_BUTTON=m and CONFIG_INPUT_EVDEV=m).
+func TestDefaultModulesPowerButton(t *testing.T) {
+	if !hasApt() {
+		t.Skip("SKIP: no apt: Debian's kernel cannot be fetched here")
+	}
+	kern, err := (&Kit{CacheDir: DefaultCacheDir(), Progress: testWriter{t}}).DebianKernel(context.Background())
+	require.NoError(t, err)
+	require.NotEmpty(t, kern.ModulesDir)
+	tree, err := loadModuleTree(kern.ModulesDir)
+	require.NoError(t, err)
+	order, err := resolveModules(DefaultModules(), tree.dependencies, func(n string) bool { return tree.builtin[n] })
+	require.NoError(t, err)
+	pos := indexOf(order)
+	for _, m := range []string{"button", "evdev"} {
+		_, loaded := pos[m]
+		assert.True(t, loaded || tree.builtin[m], "%s is neither built into %s nor loaded by the default initramfs", m, kern.Version)
+	}
 }
