@@ -15,6 +15,7 @@ import (
 	"github.com/wisp-vmm/wisp/devices/virtio/blk"
 	"github.com/wisp-vmm/wisp/devices/virtio/rng"
 	"github.com/wisp-vmm/wisp/devices/virtio/vnet"
+	"github.com/wisp-vmm/wisp/internal/ratelog"
 	"github.com/wisp-vmm/wisp/net/tap"
 	"github.com/wisp-vmm/wisp/net/usernet"
 	"github.com/wisp-vmm/wisp/vmm"
@@ -30,11 +31,13 @@ type Plane struct {
 
 // Open builds the devices of cfg. On error nothing stays open. log gets
 // device errors as they happen (a guest's malformed request, a host I/O
-// error); it may be nil.
+// error), a few per device a minute and then a ratelog.Suppressed count,
+// since a guest can repeat a bad request without end; it may be nil.
 func Open(ctx context.Context, cfg vmm.Config, log func(dev string, err error)) (*Plane, error) {
 	if log == nil {
 		log = func(string, error) {}
 	}
+	log = ratelog.Errors(ratelog.New[string](ratelog.Config{}), log)
 	p := &Plane{}
 	if err := p.open(ctx, cfg, log); err != nil {
 		_ = p.Close()
