@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"sync"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wisp-vmm/wisp/devices/virtio"
 )
 
@@ -86,10 +88,20 @@ var (
 type Options struct {
 	// Path is the image: a raw file or block device, or a qcow2 file.
 	Path string
-	// Format is "raw" (the default when empty) or "qcow2". It is never
-	// guessed from the contents: a guest could write a qcow2 header into a
-	// raw disk and make the host open files it names.
+	// Format is "raw" or "qcow2"; empty means by the file name (.qcow2 →
+	// qcow2, anything else → raw). It is never guessed from the contents:
+	// a guest could write a qcow2 header into a raw disk and make the host
+	// open files it names. Open refuses a file whose first bytes disagree
+	// with a format that came from its name (see DecideFormat).
 	Format string
+	// Backing allows a qcow2 image's backing files. They must be regular
+	// files under BackingDir (empty: the image's own directory), reached
+	// without symlinks; a backing file that is not qcow2 must be declared
+	// raw in the image header. Without it an image with a backing file is
+	// refused (ErrBackingOff).
+	Backing bool
+	// BackingDir is where backing files may live when Backing is set.
+	BackingDir string
 	// OverlayDir holds the throwaway copy-on-write file that takes a
 	// writable qcow2 disk's writes (the image itself is never written);
 	// empty means os.TempDir().
@@ -136,35 +148,9 @@ func Open(o Options) (*Device, error) {
 	if o.Queues < 0 || o.Queues > MaxQueues {
 		return nil, fmt.Errorf("disk %s: %d queues: want 1 to %d", o.Path, o.Queues, MaxQueues)
 	}
-	var b Backend
-	switch o.Format {
-	case "", "raw":
-		fd, size, err := openImage(o.Path, o.ReadOnly)
-		if err != nil {
-			return nil, err
-		}
-		b = &rawFile{fd: fd, path: o.Path, size: size &^ (SectorSize - 1)}
-		if b.Size() == 0 {
-			_ = b.Close()
-			return nil, fmt.Errorf("disk image %s: %d bytes, smaller than one %d-byte sector: %w", o.Path, size, SectorSize, ErrNotImage)
-		}
-	case "qcow2":
-		im, err := openQcow2(o.Path)
-		if err != nil {
-			return nil, err
-		}
-		if im.Size() == 0 {
-			_ = im.Close()
-			return nil, fmt.Errorf("disk image %s: qcow2 of 0 bytes: %w", o.Path, ErrNotImage)
-		}
-		if o.ReadOnly {
-			b = readOnlyBase{im}
-		} else if b, err = newOverlay(im, o.OverlayDir); err != nil {
-			_ = im.Close()
-			return nil, fmt.Errorf("disk %s: %w", o.Path, err)
-		}
-	default:
-		return nil, fmt.Errorf("disk %s: format %q: want raw or qcow2", o.Path, o.Format)
+	b, err := openBackend(o)
+	if err != nil {
+		return nil, err
 	}
 	d, err := New(b, o)
 	if err != nil {
@@ -172,6 +158,58 @@ func Open(o Options) (*Device, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// openBackend opens the image as the format rule says: the format comes
+// from the options or the name, and the file's first bytes, read from the
+// descriptor that serves the guest, must agree with it.
+func openBackend(o Options) (Backend, error) {
+	format, err := intendedFormat(o.Path, o.Format)
+	if err != nil {
+		return nil, err
+	}
+	fd, size, err := openImage(o.Path, o.ReadOnly || format == FormatQcow2)
+	if err != nil {
+		return nil, err
+	}
+	magic, err := hasQcow2Magic(fd, o.Path)
+	if err == nil {
+		format, err = DecideFormat(o.Path, o.Format, magic)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if format == FormatRaw {
+		b := &rawFile{fd: fd, path: o.Path, size: size &^ (SectorSize - 1)}
+		if b.Size() == 0 {
+			_ = b.Close()
+			return nil, fmt.Errorf("disk image %s: %d bytes, smaller than one %d-byte sector: %w", o.Path, size, SectorSize, ErrNotImage)
+		}
+		return b, nil
+	}
+	policy, err := newBackingPolicy(o.Path, o.Backing || o.BackingDir != "", o.BackingDir)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	im, err := openQcow2(fd, o.Path, size, policy)
+	if err != nil {
+		return nil, err
+	}
+	if im.Size() == 0 {
+		_ = im.Close()
+		return nil, fmt.Errorf("disk image %s: qcow2 of 0 bytes: %w", o.Path, ErrNotImage)
+	}
+	if o.ReadOnly {
+		return readOnlyBase{im}, nil
+	}
+	b, err := newOverlay(im, o.OverlayDir)
+	if err != nil {
+		_ = im.Close()
+		return nil, fmt.Errorf("disk %s: %w", o.Path, err)
+	}
+	return b, nil
 }
 
 // New makes a device over an open backend (Options.Path names it in

@@ -18,22 +18,12 @@ type baseImage interface {
 	Close() error
 }
 
-// openQcow2 opens a qcow2 image and its backing chain read-only, each file
-// under a shared lock: wisp never writes them, and no other VM may write
-// them while this one reads.
-func openQcow2(path string) (*qcow2.Image, error) {
-	open := func(p string) (qcow2.File, uint64, error) {
-		fd, size, err := openImage(p, true)
-		if err != nil {
-			return nil, 0, err
-		}
-		return os.NewFile(uintptr(fd), p), size, nil
-	}
-	f, size, err := open(path)
-	if err != nil {
-		return nil, err
-	}
-	return qcow2.Open(f, path, size, open)
+// openQcow2 reads the qcow2 image already open as fd (size bytes) and
+// opens its backing chain read-only as policy allows, each file under a
+// shared lock: wisp never writes them, and no other VM may write them
+// while this one reads.
+func openQcow2(fd int, path string, size uint64, policy backingPolicy) (*qcow2.Image, error) {
+	return qcow2.Open(os.NewFile(uintptr(fd), path), path, size, policy.open)
 }
 
 // readOnlyBase serves a read-only device straight from a base image; the
@@ -68,10 +58,53 @@ const (
 
 type chunk [chunkWords]uint64
 
-// newOverlay makes the temp file in dir (os.TempDir() if empty).
+// Overlay limits.
+const (
+	// MaxOverlaySize bounds the virtual size of a qcow2 disk wisp puts an
+	// overlay in front of: beyond it no host could hold what the guest may
+	// write.
+	MaxOverlaySize = 64 << 40
+	// overlaySlack is how far a virtual size may exceed the total size of
+	// the overlay's file system: thin provisioning is normal, a disk many
+	// times larger than the host's is a mistake or an attack.
+	overlaySlack = 1 << 40
+	// minOverlayFree is the free space an overlay needs to start: enough
+	// for a guest's first writes (or all of a smaller disk).
+	minOverlayFree = 64 << 20
+)
+
+// ErrOverlaySpace: the overlay's file system cannot hold the disk's writes.
+var ErrOverlaySpace = errors.New("no room for the overlay")
+
+// checkOverlaySpace refuses a virtual size that the overlay directory dir,
+// whose file system has total and free bytes, could never hold.
+func checkOverlaySpace(dir string, size, total, free uint64) error {
+	switch {
+	case size > MaxOverlaySize:
+		return fmt.Errorf("virtual size %d bytes is more than %d TiB: wisp does not put an overlay in front of such a disk (use it read-only with ,ro): %w",
+			size, MaxOverlaySize>>40, ErrOverlaySpace)
+	case size > total+overlaySlack:
+		return fmt.Errorf("virtual size %d bytes is far beyond the %d-byte file system of the overlay directory %s (use it read-only with ,ro, or put the VM's state directory on a larger file system): %w",
+			size, total, dir, ErrOverlaySpace)
+	case free < min(size, minOverlayFree):
+		return fmt.Errorf("overlay directory %s has only %d bytes free: free some space or put the VM's state directory elsewhere: %w", dir, free, ErrOverlaySpace)
+	}
+	return nil
+}
+
+// newOverlay makes the temp file in dir (os.TempDir() if empty), after
+// checking that dir's file system can take it.
 func newOverlay(base baseImage, dir string) (*overlay, error) {
 	if dir == "" {
 		dir = os.TempDir()
+	}
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		return nil, fmt.Errorf("overlay in %s: statfs: %w", dir, err)
+	}
+	bsize := uint64(fs.Bsize)
+	if err := checkOverlaySpace(dir, base.Size(), fs.Blocks*bsize, fs.Bavail*bsize); err != nil {
+		return nil, err
 	}
 	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {

@@ -50,19 +50,20 @@ func (e *LockedError) Is(target error) bool { return target == ErrLocked }
 // openImage opens and locks the image at path: an exclusive flock for a
 // writable image, a shared one for a read-only image, so two VMs never
 // write the same image and nobody reads one that is being written. flock
-// is per open file description and released when fd is closed.
+// is per open file description and released when fd is closed. The open
+// does not block (O_NONBLOCK), so a FIFO is refused instead of hanging.
 func openImage(path string, readOnly bool) (fd int, size uint64, err error) {
-	flags, lock := unix.O_RDWR, unix.LOCK_EX
+	flags := unix.O_RDWR
 	if readOnly {
-		flags, lock = unix.O_RDONLY, unix.LOCK_SH
+		flags = unix.O_RDONLY
 	}
-	fd, err = unix.Open(path, flags|unix.O_CLOEXEC, 0)
+	fd, err = unix.Open(path, flags|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if readOnly || !errors.Is(err, unix.EISDIR) {
 			return -1, 0, fmt.Errorf("disk image %s: open: %w", path, err)
 		}
 		// Fall through to the clearer message below.
-		if fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+		if fd, err = unix.Open(path, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
 			return -1, 0, fmt.Errorf("disk image %s: open: %w", path, err)
 		}
 	}
@@ -72,17 +73,32 @@ func openImage(path string, readOnly bool) (fd int, size uint64, err error) {
 			fd = -1
 		}
 	}()
+	if err := checkImageType(fd, path); err != nil {
+		return -1, 0, err
+	}
+	// Only the open needed it; reads and writes of an image always block.
+	if err := unix.SetNonblock(fd, false); err != nil {
+		return -1, 0, fmt.Errorf("disk image %s: fcntl: %w", path, err)
+	}
+	size, err = lockAndSize(fd, path, readOnly)
+	if err != nil {
+		return -1, 0, err
+	}
+	return fd, size, nil
+}
+
+// lockAndSize takes the image's flock (shared when readOnly) and returns
+// its size.
+func lockAndSize(fd int, path string, readOnly bool) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return -1, 0, fmt.Errorf("disk image %s: fstat: %w", path, err)
+		return 0, fmt.Errorf("disk image %s: fstat: %w", path, err)
 	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG, unix.S_IFBLK:
-	case unix.S_IFDIR:
-		return -1, 0, fmt.Errorf("disk image %s: is a directory, not an image file: %w", path, ErrNotImage)
-	default:
-		return -1, 0, fmt.Errorf("disk image %s: not a regular file or block device (mode %#o): %w", path, st.Mode, ErrNotImage)
+	lock := unix.LOCK_EX
+	if readOnly {
+		lock = unix.LOCK_SH
 	}
+	var err error
 	for {
 		err = unix.Flock(fd, lock|unix.LOCK_NB)
 		if !errors.Is(err, unix.EINTR) {
@@ -98,17 +114,17 @@ func openImage(path string, readOnly bool) (fd int, size uint64, err error) {
 		if le.PID != 0 {
 			le.Command = processName(le.PID)
 		}
-		return -1, 0, le
+		return 0, le
 	}
 	if err != nil {
-		return -1, 0, fmt.Errorf("disk image %s: flock: %w", path, err)
+		return 0, fmt.Errorf("disk image %s: flock: %w", path, err)
 	}
 	// SEEK_END gives the size of regular files and block devices alike.
 	end, err := unix.Seek(fd, 0, unix.SEEK_END)
 	if err != nil {
-		return -1, 0, fmt.Errorf("disk image %s: size: %w", path, err)
+		return 0, fmt.Errorf("disk image %s: size: %w", path, err)
 	}
-	return fd, uint64(end), nil
+	return uint64(end), nil
 }
 
 // lockHolder looks for the flock on device dev, inode ino in /proc/locks

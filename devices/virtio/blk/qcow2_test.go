@@ -80,7 +80,7 @@ func TestQcow2Disk(t *testing.T) {
 	other, err := Open(Options{Path: path, Format: "qcow2", ReadOnly: true})
 	require.NoError(t, err)
 	require.NoError(t, other.Close())
-	_, err = Open(Options{Path: path})
+	_, err = Open(Options{Path: path, Format: FormatRaw})
 	require.ErrorIs(t, err, ErrLocked)
 
 	require.NoError(t, d.Close())
@@ -109,9 +109,10 @@ func TestQcow2ReadOnly(t *testing.T) {
 func TestOpenFormatErrors(t *testing.T) {
 	raw := newImage(t, testDiskSize)
 	_, err := Open(Options{Path: raw, Format: "vmdk"})
+	require.ErrorIs(t, err, ErrFormat)
 	require.ErrorContains(t, err, `format "vmdk"`)
 	_, err = Open(Options{Path: raw, Format: "qcow2"})
-	require.ErrorContains(t, err, "not a qcow2 image")
+	require.ErrorIs(t, err, ErrFormatMismatch)
 	_, err = Open(Options{Path: raw + ".missing", Format: "qcow2"})
 	require.ErrorIs(t, err, os.ErrNotExist)
 }

@@ -28,6 +28,10 @@ var (
 	ErrUnsupported = errors.New("unsupported qcow2 feature")
 	// ErrCorrupt: the image's metadata is inconsistent.
 	ErrCorrupt = errors.New("corrupt qcow2 image")
+	// ErrBackingFormat: a backing file that is not qcow2 is not declared
+	// raw in the image header (backing_fmt). It is never assumed raw: the
+	// header may have been written by someone who wants a host file read.
+	ErrBackingFormat = errors.New("backing file format not declared")
 )
 
 // File is an open image file. *os.File implements it; ReadAt must be safe
@@ -38,7 +42,8 @@ type File interface {
 }
 
 // Opener opens a backing file read-only (the caller may lock it). Its path
-// is already resolved against the image's directory.
+// is the name from the header, joined to the image's directory when
+// relative; the name is untrusted, so the opener decides what it may reach.
 type Opener func(path string) (f File, size uint64, err error)
 
 const (
@@ -301,12 +306,12 @@ func (im *Image) openBacking(name, format string, open Opener, depth int) error 
 			im.backing = b
 			return nil
 		}
+		f.Close()
 		if format == "qcow2" {
-			f.Close()
 			return fmt.Errorf("qcow2 %s: backing file %s is not qcow2: %w", im.path, path, ErrCorrupt)
 		}
-		im.backing = &rawBacking{f: f, size: size}
-		return nil
+		return fmt.Errorf("qcow2 %s: backing file %s is not qcow2 and the image does not declare it raw: if it is a raw image, record that with qemu-img rebase -u -F raw -b NAME: %w",
+			im.path, path, ErrBackingFormat)
 	default:
 		f.Close()
 		return fmt.Errorf("qcow2 %s: backing format %q: %w", im.path, format, ErrUnsupported)
