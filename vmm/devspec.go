@@ -4,11 +4,14 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wisp-vmm/wisp/devices/virtio/blk"
 )
 
 // Disk is one virtio-blk disk (--disk). The first disk is /dev/vda.
@@ -18,18 +21,49 @@ type Disk struct {
 	// Serial is what the guest reads as the disk's ID (GET_ID): it shows
 	// up as /dev/disk/by-id/virtio-SERIAL. At most MaxSerial bytes.
 	Serial string
-	// Format is "raw" (the default) or "qcow2". It is never guessed from
-	// the file's contents: a guest could write a qcow2 header into a raw
-	// disk. A writable qcow2 disk keeps the guest's writes in a
+	// Format is "raw" or "qcow2"; empty means by the file name (.qcow2 is
+	// qcow2, anything else raw). It is never guessed from the file's
+	// contents: a guest could write a qcow2 header into a raw disk (see
+	// DiskFormat). A writable qcow2 disk keeps the guest's writes in a
 	// throw-away overlay; the image itself is never written.
 	Format string
+	// Backing allows a qcow2 disk's backing files (backing=on): regular
+	// files in the image's directory, or under BackingDir when set.
+	Backing bool
+	// BackingDir is where backing files may live (backing-dir=DIR); it
+	// implies Backing.
+	BackingDir string
 }
 
 // Disk formats.
 const (
-	FormatRaw   = "raw"
-	FormatQcow2 = "qcow2"
+	FormatRaw   = blk.FormatRaw
+	FormatQcow2 = blk.FormatQcow2
 )
+
+// DiskFormat says how the disk at path is read: declared when the user
+// gave a format ("" when not), else by its name (.qcow2 → qcow2, anything
+// else → raw). The file's first bytes only check that decision: a file
+// that starts with the qcow2 magic but is raw by its name, or is qcow2 by
+// name or declaration without the magic, is refused in one line naming the
+// file and the fix. A declared raw disk is raw whatever it holds, so a
+// raw disk whose guest wrote a qcow2 header still boots, as raw. Errors
+// match ErrInvalidConfig and blk.ErrFormatMismatch or blk.ErrFormat.
+func DiskFormat(path, declared string) (string, error) {
+	f, err := blk.ResolveFormat(path, declared)
+	if err != nil {
+		return "", &diskError{err: err}
+	}
+	return f, nil
+}
+
+// diskError is a disk's configuration error that keeps its cause for
+// errors.Is.
+type diskError struct{ err error }
+
+func (e *diskError) Error() string        { return e.err.Error() }
+func (e *diskError) Unwrap() error        { return e.err }
+func (e *diskError) Is(target error) bool { return target == ErrInvalidConfig }
 
 // MaxSerial is the length of virtio-blk's ID field.
 const MaxSerial = 20
@@ -77,11 +111,12 @@ func (f Forward) String() string {
 	return fmt.Sprintf("%s:%s:%d-:%d", f.Proto, addr, f.HostPort, f.GuestPort)
 }
 
-// ParseDisk reads --disk PATH[,ro][,serial=ID][,format=raw|qcow2]. A path containing a comma
-// cannot be given (rename it or use a symlink).
+// ParseDisk reads --disk PATH[,ro][,serial=ID][,format=raw|qcow2][,backing=on|off][,backing-dir=DIR].
+// A path containing a comma cannot be given (rename it or use a symlink).
 func ParseDisk(s string) (Disk, error) {
 	parts := strings.Split(s, ",")
 	d := Disk{Path: parts[0]}
+	backingOff := false
 	if d.Path == "" {
 		return Disk{}, invalid("--disk %q: give the image path first, e.g. --disk root.img,ro", s)
 	}
@@ -96,14 +131,26 @@ func ParseDisk(s string) (Disk, error) {
 			d.Format = val
 		case key == "format":
 			return Disk{}, invalid("--disk %s: format %q: want raw or qcow2", s, val)
+		case key == "backing" && (val == "on" || val == "off"):
+			d.Backing, backingOff = val == "on", val == "off"
+		case key == "backing":
+			return Disk{}, invalid("--disk %s: backing %q: want backing=on or backing=off", s, val)
+		case key == "backing-dir" && val != "":
+			d.BackingDir = val
 		case key == "serial" && hasVal:
 			if err := checkSerial(val); err != nil {
 				return Disk{}, invalid("--disk %s: %v", s, err)
 			}
 			d.Serial = val
 		default:
-			return Disk{}, invalid("--disk %s: unknown option %q (want ro, serial=ID or format=raw|qcow2)", s, opt)
+			return Disk{}, invalid("--disk %s: unknown option %q (want ro, serial=ID, format=raw|qcow2, backing=on or backing-dir=DIR)", s, opt)
 		}
+	}
+	if d.BackingDir != "" && backingOff {
+		return Disk{}, invalid("--disk %s: backing-dir= allows backing files, backing=off forbids them: drop one", s)
+	}
+	if d.BackingDir != "" {
+		d.Backing = true
 	}
 	return d, nil
 }
@@ -255,6 +302,14 @@ func (c Config) validateDevices() error {
 			return invalid("--disk %s is given twice: a VM must not open one image twice", d.Path)
 		}
 		seen[abs] = true
+		if _, err := DiskFormat(d.Path, d.Format); err != nil {
+			return err
+		}
+		if d.BackingDir != "" {
+			if st, err := os.Stat(d.BackingDir); err != nil || !st.IsDir() {
+				return invalid("--disk %s: backing-dir %s is not a directory: name the directory that holds the backing files", d.Path, d.BackingDir)
+			}
+		}
 		if d.Serial != "" {
 			if err := checkSerial(d.Serial); err != nil {
 				return invalid("--disk %s: %v", d.Path, err)

@@ -9,6 +9,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/wisp-vmm/wisp/devices/virtio/blk"
 )
 
 func TestParseDisk(t *testing.T) {
@@ -30,6 +32,12 @@ func TestParseDisk(t *testing.T) {
 		{in: "d.img,serial=123456789012345678901", wantErr: "want 1 to 20 characters"},
 		{in: "d.img,serial=a b", wantErr: "printable ASCII"},
 		{in: "d.img,ro=1", wantErr: `unknown option "ro=1"`},
+		{in: "d.qcow2,backing=on", want: Disk{Path: "d.qcow2", Backing: true}},
+		{in: "d.qcow2,backing=on,backing=off", want: Disk{Path: "d.qcow2"}},
+		{in: "d.qcow2,backing-dir=/srv/base", want: Disk{Path: "d.qcow2", Backing: true, BackingDir: "/srv/base"}},
+		{in: "d.qcow2,backing=yes", wantErr: "want backing=on or backing=off"},
+		{in: "d.qcow2,backing-dir=", wantErr: `unknown option "backing-dir="`},
+		{in: "d.qcow2,backing=off,backing-dir=/srv", wantErr: "drop one"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {
@@ -106,6 +114,8 @@ func TestValidateDevices(t *testing.T) {
 	require.NoError(t, os.WriteFile(img, make([]byte, 4096), 0o644))
 	link := filepath.Join(dir, "link.img")
 	require.NoError(t, os.Symlink(img, link))
+	hostile := filepath.Join(dir, "guest.img")
+	require.NoError(t, os.WriteFile(hostile, append([]byte("QFI\xfb"), make([]byte, 4092)...), 0o644))
 	base := Config{CPUs: 1, MemoryBytes: DefaultMemory}.WithDefaults()
 	tests := []struct {
 		name    string
@@ -127,6 +137,10 @@ func TestValidateDevices(t *testing.T) {
 		{name: "firmware boot with a kernel", boot: BootFirmware, kernel: "k", disks: []Disk{{Path: img}}, wantErr: "drop --kernel"},
 		{name: "firmware boot on KVM", boot: BootFirmware, accel: AccelKVM, disks: []Disk{{Path: img}}, wantErr: "use --accel tcg"},
 		{name: "unknown boot mode", boot: "pxe", wantErr: `--boot "pxe"`},
+		{name: "raw name with a qcow2 header", disks: []Disk{{Path: hostile}}, wantErr: "starts with a qcow2 header but is used as raw"},
+		{name: "declared raw with a qcow2 header", disks: []Disk{{Path: hostile, Format: FormatRaw}}},
+		{name: "declared qcow2 without the header", disks: []Disk{{Path: img, Format: FormatQcow2}}, wantErr: "has no qcow2 header"},
+		{name: "backing-dir not a directory", disks: []Disk{{Path: img, Backing: true, BackingDir: img}}, wantErr: "is not a directory"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -140,12 +154,50 @@ func TestValidateDevices(t *testing.T) {
 			if tc.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tc.wantErr)
+				assert.ErrorIs(t, err, ErrInvalidConfig)
 				return
 			}
 			require.NoError(t, err)
 			for _, n := range c.Nets {
 				assert.Len(t, n.MAC, 6)
 			}
+		})
+	}
+}
+
+func TestDiskFormat(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, append(data, make([]byte, 4096)...), 0o644))
+		return p
+	}
+	magic := []byte("QFI\xfb")
+	rawImg, qcowImg := write("r.img", nil), write("q.qcow2", magic)
+	hostile, plainQcow := write("h.img", magic), write("p.qcow2", nil)
+	tests := []struct {
+		name, path, declared, want string
+		err                        error
+	}{
+		{"raw by name", rawImg, "", FormatRaw, nil},
+		{"qcow2 by name", qcowImg, "", FormatQcow2, nil},
+		{"raw name, qcow2 header", hostile, "", "", blk.ErrFormatMismatch},
+		{"declared raw wins", hostile, FormatRaw, FormatRaw, nil},
+		{"declared qcow2", hostile, FormatQcow2, FormatQcow2, nil},
+		{".qcow2 without header", plainQcow, "", "", blk.ErrFormatMismatch},
+		{"declared qcow2 without header", rawImg, FormatQcow2, "", blk.ErrFormatMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := DiskFormat(tt.path, tt.declared)
+			if tt.err != nil {
+				require.ErrorIs(t, err, tt.err)
+				require.ErrorIs(t, err, ErrInvalidConfig)
+				assert.Contains(t, err.Error(), tt.path)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, got)
 		})
 	}
 }
