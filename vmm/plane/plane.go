@@ -13,6 +13,7 @@ import (
 
 	"github.com/wisp-vmm/wisp/devices/virtio"
 	"github.com/wisp-vmm/wisp/devices/virtio/blk"
+	"github.com/wisp-vmm/wisp/devices/virtio/blk/qcow2"
 	"github.com/wisp-vmm/wisp/devices/virtio/rng"
 	"github.com/wisp-vmm/wisp/devices/virtio/vnet"
 	"github.com/wisp-vmm/wisp/internal/ratelog"
@@ -50,14 +51,21 @@ func (p *Plane) open(ctx context.Context, cfg vmm.Config, log func(dev string, e
 	for _, d := range cfg.Disks {
 		name := fmt.Sprintf("disk %s", d.Path)
 		dev, err := blk.Open(blk.Options{
-			Path:     d.Path,
-			ReadOnly: d.ReadOnly,
-			Serial:   d.Serial,
-			Format:   d.Format,
-			OnError:  func(q int, err error) { log(name, err) },
+			Path:       d.Path,
+			ReadOnly:   d.ReadOnly,
+			Serial:     d.Serial,
+			Format:     d.Format,
+			Backing:    d.Backing,
+			BackingDir: d.BackingDir,
+			// The throw-away overlay of a qcow2 disk lives with the VM's
+			// other run-time files (empty: os.TempDir()).
+			OverlayDir: cfg.StateDir,
+			OnError:    func(q int, err error) { log(name, err) },
 		})
 		if err != nil {
-			if errors.Is(err, blk.ErrLocked) {
+			if errors.Is(err, blk.ErrLocked) || errors.Is(err, blk.ErrFormatMismatch) || errors.Is(err, blk.ErrFormat) ||
+				errors.Is(err, blk.ErrBackingOff) || errors.Is(err, blk.ErrBackingOutside) || errors.Is(err, blk.ErrBackingNotFile) ||
+				errors.Is(err, qcow2.ErrBackingFormat) || errors.Is(err, blk.ErrOverlaySpace) {
 				return vmm.Invalidf("%v", err)
 			}
 			return fmt.Errorf("--disk %s: %w", d.Path, err)
