@@ -267,28 +267,13 @@ func inside(dir, rel string) (string, error) {
 	return p, nil
 }
 
-// qcow2Magic starts every qcow2 file.
-var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
-
-// checkFormat catches a disk whose contents disagree with its declared
-// format: booting a qcow2 file as raw would hand the guest qcow2 metadata
-// as its disk.
+// checkFormat applies wisp's one format rule (vmm.DiskFormat) to a disk
+// whose format vm.json declares: a declared qcow2 must start with the
+// qcow2 magic; a declared raw disk is raw whatever it holds, since a guest
+// may have written a qcow2 header into it.
 func checkFormat(path, format string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	head := make([]byte, len(qcow2Magic))
-	n, _ := io.ReadFull(f, head)
-	isQCOW2 := n == len(head) && bytes.Equal(head, qcow2Magic)
-	switch {
-	case format == FormatRaw && isQCOW2:
-		return fmt.Errorf("%s is a qcow2 file but format says raw: set \"format\": \"qcow2\"", path)
-	case format == FormatQCOW2 && !isQCOW2:
-		return fmt.Errorf("%s is not a qcow2 file but format says qcow2: set \"format\": \"raw\"", path)
-	}
-	return nil
+	_, err := vmm.DiskFormat(path, format)
+	return err
 }
 
 // Save writes m's description to m.Dir/vm.json atomically. Paths in m must
