@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/machine"
 )
 
 func newDoctorCommand(c *cli) *cobra.Command {
@@ -19,7 +20,7 @@ func newDoctorCommand(c *cli) *cobra.Command {
 			if dev == "" {
 				dev = vmm.DefaultKVM
 			}
-			r := probeKVM(cmd.Context(), dev)
+			r := machine.Probe(cmd.Context(), dev)
 			for _, f := range r.Findings {
 				fmt.Fprintf(c.stdout, "  %s\n", f)
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/wisp-vmm/wisp/devices/virtio/blk"
 	"github.com/wisp-vmm/wisp/image"
 	"github.com/wisp-vmm/wisp/image/vmdir"
 	"github.com/wisp-vmm/wisp/vmm"
@@ -61,9 +62,21 @@ func (c *cli) applyImage(ctx context.Context, cfg *vmm.Config, path string, chan
 	if _, err := os.Stat(path); err != nil {
 		return vmm.Invalidf("--image %s: %v", path, err)
 	}
-	format, err := image.DetectFormat(path)
+	// The format comes from the name, never from the contents (a guest
+	// may have written a qcow2 header into a raw image); a mismatch is
+	// refused before anything reads the image.
+	format, err := vmm.DiskFormat(path, "")
 	if err != nil {
-		return vmm.Invalidf("--image %s: %v", path, err)
+		return vmm.Invalidf("--image: %v", err)
+	}
+	if format == vmm.FormatQcow2 {
+		// Open it as the VM will, before the boot files are read out of it:
+		// a backing file (which --image does not allow) is refused here.
+		d, err := blk.Open(blk.Options{Path: path, Format: format, ReadOnly: true})
+		if err != nil {
+			return vmm.Invalidf("--image: %v", err)
+		}
+		_ = d.Close()
 	}
 	if cfg.Boot == vmm.BootFirmware {
 		// The image's own bootloader finds its kernel.

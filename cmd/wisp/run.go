@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -16,7 +15,7 @@ import (
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/console"
-	"github.com/wisp-vmm/wisp/vmm/plane"
+	"github.com/wisp-vmm/wisp/vmm/machine"
 )
 
 type runFlags struct {
@@ -180,6 +179,11 @@ func (f runFlags) config(changed func(string) bool) (vmm.Config, error) {
 		}
 	}
 	cfg = cfg.WithDefaults()
+	if f.image != "" {
+		// The image is not applied yet (it may be the disk --boot firmware
+		// needs): RunE validates once it is.
+		return cfg, nil
+	}
 	return cfg, validate(cfg)
 }
 
@@ -269,13 +273,6 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 	if err := cfg.CheckBoot(); err != nil {
 		return err
 	}
-	// Devices come before the console so that a locked disk or a tap that
-	// cannot be made is reported on a terminal still in its normal mode.
-	devs, err := plane.Open(ctx, cfg, func(dev string, err error) { fmt.Fprintf(c.stderr, "wisp: %s: %v\n", dev, err) })
-	if err != nil {
-		return err
-	}
-	defer devs.Close()
 	con, err := attachConsole(cfg, c.stdin, c.stdout)
 	if err != nil {
 		return err
@@ -286,6 +283,22 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 	if len(argv) > 0 {
 		status = initproto.NewExitFilter(con.Out)
 		out = status
+	}
+	// The terminal stays cooked until the VM is built, so that a locked
+	// disk, a tap that cannot be made or the reason for TCG read normally;
+	// later lines get their \r from the log handler.
+	m, err := machine.New(ctx, cfg, machine.Options{
+		Console:      vmm.Console{In: con.In, Out: out},
+		Logger:       newLineLogger(c.stderr, con.IsRaw),
+		Start:        c.start,
+		OnBootMarker: bootMarkerLogger(c.stderr),
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := con.Raw(); err != nil {
+		return err
 	}
 
 	// Ctrl-A x on the console stops the VM like a signal does.
@@ -299,11 +312,7 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 		}
 	}()
 
-	backend, err := newBackend(ctx, cfg, vmm.Console{In: con.In, Out: out}, devs.Devices(), c.stderr, c.start)
-	if err != nil {
-		return err
-	}
-	st, err := vmm.NewMachine(cfg, backend).Run(ctx)
+	st, err := runToEnd(ctx, m)
 	if status != nil {
 		_ = status.Flush()
 	}
@@ -341,13 +350,25 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 
 var errQuit = errors.New("quit from the console (Ctrl-A x)")
 
-// bootMarkerLogger prints boot markers when WISP_BOOT_MARKERS is set, for
-// benchmarks and for seeing where a boot spends its time.
-func bootMarkerLogger(w io.Writer) func(code byte, since time.Duration) {
-	if os.Getenv("WISP_BOOT_MARKERS") == "" {
-		return nil
+// runToEnd starts m and waits until the guest ends or ctx is cancelled (a
+// signal, Ctrl-A x); then it forces the guest off and reports ExitStopped
+// with the cancellation's cause.
+func runToEnd(ctx context.Context, m *machine.Machine) (vmm.ExitStatus, error) {
+	if err := m.Start(ctx); err != nil {
+		return vmm.ExitStatus{}, err
 	}
-	return func(code byte, since time.Duration) {
-		fmt.Fprintf(w, "wisp: boot marker %#02x at %v\n", code, since.Round(time.Microsecond))
+	select {
+	case <-m.Done():
+		return m.Wait()
+	case <-ctx.Done():
 	}
+	if err := m.Stop(context.WithoutCancel(ctx), 0); err != nil && !errors.Is(err, vmm.ErrBadTransition) {
+		return vmm.ExitStatus{}, err
+	}
+	st, err := m.Wait()
+	st.Reason = vmm.ExitStopped
+	if st.Detail == "" {
+		st.Detail = context.Cause(ctx).Error()
+	}
+	return st, err
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/term"
 )
@@ -22,6 +23,9 @@ type Console struct {
 	Out  io.Writer
 	Quit <-chan struct{}
 
+	isTerm  bool // stdin is a terminal that Raw switches
+	rawFD   int
+	raw     atomic.Bool
 	restore func() error
 	closers []io.Closer
 	once    sync.Once
@@ -33,6 +37,7 @@ func (c *Console) Close() error {
 	c.once.Do(func() {
 		if c.restore != nil {
 			errs = append(errs, c.restore())
+			c.raw.Store(false)
 		}
 		for _, cl := range c.closers {
 			errs = append(errs, cl.Close())
@@ -41,9 +46,11 @@ func (c *Console) Close() error {
 	return errors.Join(errs...)
 }
 
-// Stdio attaches the console to stdin/stdout. When stdin is a terminal it is
-// put in raw mode so the guest sees every key (Ctrl-C included) and the
-// escape sequence Ctrl-A x quits; otherwise stdin is passed through as is.
+// Stdio attaches the console to stdin/stdout. When stdin is a terminal,
+// Raw later puts it in raw mode so the guest sees every key (Ctrl-C
+// included) and the escape sequence Ctrl-A x quits; until then the
+// terminal stays as it is, so what wisp prints while it sets the VM up
+// reads normally. A stdin that is no terminal is passed through as is.
 func Stdio(stdin *os.File, stdout io.Writer) (*Console, error) {
 	quit := make(chan struct{})
 	c := &Console{Out: stdout, Quit: quit}
@@ -52,16 +59,30 @@ func Stdio(stdin *os.File, stdout io.Writer) (*Console, error) {
 		c.In = stdin
 		return c, nil
 	}
-	old, err := term.MakeRaw(fd)
-	if err != nil {
-		return nil, fmt.Errorf("put the terminal in raw mode: %w", err)
-	}
-	c.restore = func() error { return term.Restore(fd, old) }
+	c.isTerm, c.rawFD = true, fd
 	c.In = NewEscapeReader(stdin, quit)
-	// In raw mode the terminal no longer turns \n into \r\n; the guest's
-	// serial driver does that itself, so the output goes out unchanged.
 	return c, nil
 }
+
+// Raw puts a terminal console in raw mode (Close restores it); for other
+// consoles it does nothing. In raw mode the terminal no longer turns \n
+// into \r\n: the guest's serial driver does that itself, and wisp's own
+// lines go through a writer that does (see IsRaw).
+func (c *Console) Raw() error {
+	if !c.isTerm || c.restore != nil {
+		return nil
+	}
+	old, err := term.MakeRaw(c.rawFD)
+	if err != nil {
+		return fmt.Errorf("put the terminal in raw mode: %w", err)
+	}
+	c.restore = func() error { return term.Restore(c.rawFD, old) }
+	c.raw.Store(true)
+	return nil
+}
+
+// IsRaw reports whether the terminal is in raw mode now.
+func (c *Console) IsRaw() bool { return c.raw.Load() }
 
 // File sends console output to path (created or truncated) and takes no input.
 func File(path string) (*Console, error) {

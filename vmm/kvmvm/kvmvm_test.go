@@ -15,10 +15,10 @@ import (
 	"github.com/wisp-vmm/wisp/boot"
 	"github.com/wisp-vmm/wisp/kvm"
 	"github.com/wisp-vmm/wisp/test/guests"
-	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 	"github.com/wisp-vmm/wisp/test/testutil"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/accel"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 )
 
 // requireKVM skips, saying why, when this machine cannot run KVM guests.

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 	"github.com/wisp-vmm/wisp/vmm"
+	probe "github.com/wisp-vmm/wisp/vmm/accel/probeguest"
 )
 
 // probeMemory is all the probe guest needs: its image at 1 MiB, page
