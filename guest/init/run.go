@@ -99,8 +99,9 @@ func forwardSignals(log *logger, console *os.File, pgid int, sigs <-chan os.Sign
 		case <-button:
 			button = nil // one press is enough
 			// On the console, so whoever watches it knows why the
-			// command ended.
-			fmt.Fprintln(console, "wisp-init: power button pressed: ending all processes and powering off")
+			// command ended; on a line of its own, since a prompt or a
+			// partial line may be there.
+			fmt.Fprintln(console, "\nwisp-init: power button pressed: ending all processes and powering off")
 			unix.Kill(-1, unix.SIGTERM)
 			killAfterGrace = time.After(stopGrace)
 		case <-killAfterGrace:
