@@ -25,6 +25,11 @@ var ErrNoRootFS = errors.New("no ext2/3/4 filesystem with /boot/vmlinuz found")
 var qcow2Magic = []byte{'Q', 'F', 'I', 0xfb}
 
 // DetectFormat says whether path is a qcow2 image; anything else is raw.
+// It reads the contents, so it is only for files the user hands to the
+// image tools as what they are (convert's input, an image already checked
+// with vmm.DiskFormat). A disk a VM boots never gets its format from here:
+// a guest can write a qcow2 header into its raw disk, and vmm.DiskFormat
+// takes the format from the user or the file name instead.
 func DetectFormat(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
