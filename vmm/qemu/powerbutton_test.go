@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wisp-vmm/wisp/guest"
 	"github.com/wisp-vmm/wisp/guest/initproto"
 	"github.com/wisp-vmm/wisp/test/fixtures"
 	"github.com/wisp-vmm/wisp/test/testutil"
@@ -52,8 +53,10 @@ func waitConsole(t *testing.T, out *testutil.SyncBuffer, want string, ended <-ch
 	}
 }
 
-// TestDefaultGuestPowerButton boots the default guest (Debian's cloud
-// kernel, wisp's initramfs) on TCG, presses the ACPI power button with a
+// TestDefaultGuestPowerButton boots the default guest (wisp's initramfs
+// with Debian's cloud kernel, whose ACPI button and evdev drivers are
+// modules init loads, and with the minimal kernel, which has them built
+// in) on TCG, presses the ACPI power button with a
 // graceful Stop once init has written its boot marker, and checks how the
 // guest ended: init ends the shell or command and powers off, unless
 // wisp.powerbutton=ignore makes it a guest that ignores ACPI, whose
@@ -65,27 +68,14 @@ func TestDefaultGuestPowerButton(t *testing.T) {
 	if _, err := exec.LookPath(qemu.DefaultBinary); err != nil {
 		t.Skipf("SKIP: %v", qemu.ErrNotInstalled)
 	}
-	kern := fixtures.DebianKernel(t)
-	initrd := fixtures.DefaultInitramfs(t, kern)
-
-	tests := []struct {
+	kernels := []struct {
 		name string
-		// argv is the command init runs; nil: the interactive shell,
-		// which ignores SIGTERM, so init must kill it.
-		argv []string
-		// ready is console output that says the shell or command runs:
-		// the button is pressed only then.
-		ready   string
-		cmdline string // added to the kernel command line
-		// stopWithin is the graceful Stop's deadline: generous where the
-		// guest must power off by itself, short where Stop must force.
-		stopWithin time.Duration
-		detail     string // in the exit status's Detail
-		status     int    // the command's exit status
-		coded      bool   // the guest reported one
-		console    []string
-		notConsole []string
+		kern func(testing.TB) *guest.Kernel
 	}{
+		{"debian", fixtures.DebianKernel},
+		{"minimal", fixtures.MinimalKernel},
+	}
+	tests := []powerButtonCase{
 		{
 			name:       "the shell is ended and the guest powers off",
 			ready:      shellPrompt,
@@ -113,85 +103,115 @@ func TestDefaultGuestPowerButton(t *testing.T) {
 			notConsole: []string{initShutdownLine},
 		},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			cmdline := "console=ttyS0 reboot=k panic=-1 quiet " + tc.cmdline
-			if tc.argv != nil {
-				param, err := initproto.EncodeCmd(tc.argv)
-				require.NoError(t, err)
-				cmdline += " " + param
-			}
-			cfg := vmm.Config{
-				Kernel:      kern.Image,
-				Initrd:      initrd,
-				Cmdline:     cmdline,
-				CPUs:        1,
-				MemoryBytes: 256 << 20,
-				Console:     vmm.ConsoleStdio,
-				Accel:       vmm.AccelTCG,
-				OnReboot:    vmm.RebootExit,
-			}
-			// Socket paths are limited to 107 bytes: a short runtime directory.
-			dir, err := os.MkdirTemp("", "wpb")
-			require.NoError(t, err)
-			defer os.RemoveAll(dir)
-
-			out := &testutil.SyncBuffer{}
-			filter := initproto.NewExitFilter(out)
-			userspace := make(chan struct{}, 1)
-			b, err := qemu.New(cfg, vmm.Console{Out: filter}, qemu.Options{
-				RuntimeDir: dir,
-				Log:        t.Output(),
-				OnBootMarker: func(byte, time.Duration) {
-					select {
-					case userspace <- struct{}{}:
-					default:
-					}
-				},
-			})
-			require.NoError(t, err)
-			ctx, cancel := context.WithTimeout(context.Background(), powerButtonGuard)
-			defer cancel()
-			require.NoError(t, b.Start(ctx))
-			ended := make(chan struct{})
-			go func() { b.Wait(); close(ended) }()
-			defer func() {
-				// Whatever happened, the VM does not outlive the test.
-				_ = b.Stop(context.Background(), vmm.StopForce)
-				<-ended
-				if t.Failed() || testing.Verbose() {
-					filter.Flush()
-					t.Logf("guest console:\n%s", out.String())
-				}
-			}()
-
-			// init writes the marker once it listens to the button.
-			select {
-			case <-userspace:
-			case <-ended:
-				st, err := b.Wait()
-				t.Fatalf("the guest ended before init's boot marker: %+v, %v", st, err)
-			}
-			waitConsole(t, out, tc.ready, ended)
-			stopCtx, stopCancel := context.WithTimeout(context.Background(), tc.stopWithin)
-			defer stopCancel()
-			require.NoError(t, b.Stop(stopCtx, vmm.StopGraceful))
-			st, err := b.Wait()
-			require.NoError(t, err)
-			require.NoError(t, filter.Flush())
-
-			assert.Equal(t, vmm.ExitStopped, st.Reason, st.Detail)
-			assert.Contains(t, st.Detail, tc.detail)
-			status, coded := filter.Status()
-			assert.Equal(t, tc.coded, coded, "exit record on the console")
-			assert.Equal(t, tc.status, status)
-			console := out.String()
-			for _, s := range tc.console {
-				assert.Contains(t, console, s)
-			}
-			for _, s := range tc.notConsole {
-				assert.NotContains(t, console, s)
+	for _, k := range kernels {
+		t.Run(k.name, func(t *testing.T) {
+			kern := k.kern(t)
+			initrd := fixtures.DefaultInitramfs(t, kern)
+			for _, tc := range tests {
+				t.Run(tc.name, func(t *testing.T) { testPowerButton(t, kern, initrd, tc) })
 			}
 		})
+	}
+}
+
+// powerButtonCase is one graceful stop of the default guest.
+type powerButtonCase struct {
+	name string
+	// argv is the command init runs; nil: the interactive shell,
+	// which ignores SIGTERM, so init must kill it.
+	argv []string
+	// ready is console output that says the shell or command runs:
+	// the button is pressed only then.
+	ready   string
+	cmdline string // added to the kernel command line
+	// stopWithin is the graceful Stop's deadline: generous where the
+	// guest must power off by itself, short where Stop must force.
+	stopWithin time.Duration
+	detail     string // in the exit status's Detail
+	status     int    // the command's exit status
+	coded      bool   // the guest reported one
+	console    []string
+	notConsole []string
+}
+
+// testPowerButton boots kern with initrd, presses the power button once
+// the shell or command runs, and checks how the guest ended.
+func testPowerButton(t *testing.T, kern *guest.Kernel, initrd string, tc powerButtonCase) {
+	cmdline := "console=ttyS0 reboot=k panic=-1 quiet " + tc.cmdline
+	if tc.argv != nil {
+		param, err := initproto.EncodeCmd(tc.argv)
+		require.NoError(t, err)
+		cmdline += " " + param
+	}
+	cfg := vmm.Config{
+		Kernel:      kern.Image,
+		Initrd:      initrd,
+		Cmdline:     cmdline,
+		CPUs:        1,
+		MemoryBytes: 256 << 20,
+		Console:     vmm.ConsoleStdio,
+		Accel:       vmm.AccelTCG,
+		OnReboot:    vmm.RebootExit,
+	}
+	// Socket paths are limited to 107 bytes: a short runtime directory.
+	dir, err := os.MkdirTemp("", "wpb")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+
+	out := &testutil.SyncBuffer{}
+	filter := initproto.NewExitFilter(out)
+	userspace := make(chan struct{}, 1)
+	b, err := qemu.New(cfg, vmm.Console{Out: filter}, qemu.Options{
+		RuntimeDir: dir,
+		Log:        t.Output(),
+		OnBootMarker: func(byte, time.Duration) {
+			select {
+			case userspace <- struct{}{}:
+			default:
+			}
+		},
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), powerButtonGuard)
+	defer cancel()
+	require.NoError(t, b.Start(ctx))
+	ended := make(chan struct{})
+	go func() { b.Wait(); close(ended) }()
+	defer func() {
+		// Whatever happened, the VM does not outlive the test.
+		_ = b.Stop(context.Background(), vmm.StopForce)
+		<-ended
+		if t.Failed() || testing.Verbose() {
+			filter.Flush()
+			t.Logf("guest console:\n%s", out.String())
+		}
+	}()
+
+	// init writes the marker once it listens to the button.
+	select {
+	case <-userspace:
+	case <-ended:
+		st, err := b.Wait()
+		t.Fatalf("the guest ended before init's boot marker: %+v, %v", st, err)
+	}
+	waitConsole(t, out, tc.ready, ended)
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), tc.stopWithin)
+	defer stopCancel()
+	require.NoError(t, b.Stop(stopCtx, vmm.StopGraceful))
+	st, err := b.Wait()
+	require.NoError(t, err)
+	require.NoError(t, filter.Flush())
+
+	assert.Equal(t, vmm.ExitStopped, st.Reason, st.Detail)
+	assert.Contains(t, st.Detail, tc.detail)
+	status, coded := filter.Status()
+	assert.Equal(t, tc.coded, coded, "exit record on the console")
+	assert.Equal(t, tc.status, status)
+	console := out.String()
+	for _, s := range tc.console {
+		assert.Contains(t, console, s)
+	}
+	for _, s := range tc.notConsole {
+		assert.NotContains(t, console, s)
 	}
 }
