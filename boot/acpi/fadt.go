@@ -33,7 +33,7 @@ const (
 	// Flags (table 5.10).
 	fadtFlagWBINVD      = 1 << 0  // WBINVD works (required for ACPI 1.0+)
 	fadtFlagProcC1      = 1 << 2  // C1 (HLT) supported on all processors
-	fadtFlagPwrButton   = 1 << 4  // no fixed-feature power button
+	fadtFlagPwrButton   = 1 << 4  // no fixed-feature power button: deliberately not set, PM1's PWRBTN_STS is the button
 	fadtFlagSlpButton   = 1 << 5  // no fixed-feature sleep button
 	fadtFlagResetRegSup = 1 << 10 // RESET_REG is valid
 	fadtFlagHWReduced   = 1 << 20 // HW_REDUCED_ACPI: deliberately not set
@@ -93,7 +93,7 @@ func buildFADT(c Config, dsdt, facs uint64) []byte {
 		arch |= iapc8042
 	}
 	le.PutUint16(b[fadtIAPCBootArchOff:], arch)
-	le.PutUint32(b[fadtFlagsOff:], fadtFlagWBINVD|fadtFlagProcC1|fadtFlagPwrButton|fadtFlagSlpButton|fadtFlagResetRegSup)
+	le.PutUint32(b[fadtFlagsOff:], fadtFlagWBINVD|fadtFlagProcC1|fadtFlagSlpButton|fadtFlagResetRegSup)
 	copy(b[fadtResetRegOff:], gas(ResetPort, 8, gasAccessByte))
 	b[fadtResetValueOff] = ResetValue
 	b[fadtMinorVersionOff] = fadtMinorRevision

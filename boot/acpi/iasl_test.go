@@ -71,6 +71,8 @@ func TestIASLDisassembly(t *testing.T) {
 			`PM1 Control Block Length : 02`,
 			`Reset Register Supported \(V2\) : 1`,
 			`Hardware Reduced \(V5\) : 0`,
+			`Power Button \(V1\) : 0`, // PM1's PWRBTN_STS is the button a graceful stop presses
+			`Sleep Button \(V1\) : 1`,
 			`Space ID : 01 \[SystemIO\]\s+\[075h 0117   1\]\s+Bit Width : 08`,
 			`Address : 0000000000000064`,
 			`Value to cause reset : FE`,
