@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wisp-vmm/wisp/internal/stale"
 	"github.com/wisp-vmm/wisp/internal/tail"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/qemu/qmp"
@@ -185,14 +186,13 @@ func (b *Backend) Start(ctx context.Context) (err error) {
 	if base == "" {
 		base = os.TempDir()
 	}
-	dir, err := os.MkdirTemp(base, "wisp-qemu-")
+	// The owner record lets the next wisp remove the directory if this
+	// one is killed before it can (internal/stale).
+	dir, err := stale.MkdirTemp(base, stale.PrefixQEMU)
 	if err != nil {
 		return fmt.Errorf("runtime dir: %w", err)
 	}
 	r.dir = dir
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return fmt.Errorf("runtime dir: %w", err)
-	}
 	socks := sockets{
 		QMP:      filepath.Join(dir, "qmp.sock"),
 		Console:  filepath.Join(dir, "console.sock"),
