@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wisp-vmm/wisp/internal/stale"
 	"github.com/wisp-vmm/wisp/vmm"
 	"github.com/wisp-vmm/wisp/vmm/plane"
 )
@@ -146,8 +147,11 @@ func New(ctx context.Context, cfg vmm.Config, opts Options) (_ *Machine, err err
 			_ = m.releaseAll()
 		}
 	}()
+	if removed, err := stale.SweepTemp(); len(removed) > 0 || err != nil { // what killed VMMs left
+		log.Info("swept what killed VMMs left behind", "removed", removed, "err", err)
+	}
 	if m.cfg.StateDir == "" {
-		dir, err := os.MkdirTemp("", "wisp-vm-"+opts.ID+"-")
+		dir, err := stale.MkdirTemp("", stale.PrefixVM+opts.ID+"-")
 		if err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
