@@ -1,7 +1,9 @@
 package image
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,10 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/wisp-vmm/wisp/devices/virtio/blk"
+	"github.com/wisp-vmm/wisp/internal/stale"
 )
 
 // A real ed25519 public key (the private half was thrown away).
@@ -164,4 +170,71 @@ func TestCheckHostname(t *testing.T) {
 	for _, bad := range []string{"", "-a", "a-", "a_b", "a..b", strings.Repeat("a", 64), "a b"} {
 		assert.Error(t, CheckHostname(bad), bad)
 	}
+}
+
+func TestNoCloudSeedMemory(t *testing.T) {
+	userData := "#cloud-config\npackages: [htop]\n"
+	f, err := NoCloudSeedMemory(SeedOptions{Hostname: "box-1", InstanceID: "i-123", SSHKeys: []string{testKey}, UserData: []byte(userData)})
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	path := fmt.Sprintf("/proc/self/fd/%d", f.Fd())
+
+	fs, files := readISO(t, path)
+	assert.Equal(t, SeedVolumeID, strings.TrimRight(fs.Label(), "\x00 "))
+	assert.Equal(t, userData, files["user-data"])
+	var meta map[string]any
+	require.NoError(t, json.Unmarshal([]byte(files["meta-data"]), &meta))
+	assert.Equal(t, []any{testKey}, meta["public-keys"])
+	assert.Equal(t, "box-1", meta["local-hostname"])
+
+	// The contents are written once, into the extents both directory
+	// trees name: isoinfo reads the Rock Ridge and the Joliet names.
+	img, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, 1, bytes.Count(img, []byte(userData)))
+	if isoinfo, err := exec.LookPath("isoinfo"); err == nil {
+		// isoinfo's own /proc/self is not ours.
+		path := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+		for _, tree := range []struct{ flag, name string }{{"-R", "/user-data"}, {"-J", "/user-data"}, {"-R", "/meta-data"}, {"-J", "/meta-data"}} {
+			out, err := exec.Command(isoinfo, "-i", path, tree.flag, "-x", tree.name).Output()
+			require.NoError(t, err, "isoinfo %s -x %s", tree.flag, tree.name)
+			assert.Equal(t, files[strings.TrimPrefix(tree.name, "/")], string(out), "isoinfo %s -x %s", tree.flag, tree.name)
+		}
+	} else {
+		t.Log("isoinfo not installed (apt-get install genisoimage): the Joliet tree is not checked")
+	}
+
+	// Sealed: nobody changes the seed under the VM.
+	_, err = f.WriteAt([]byte("x"), 0)
+	assert.ErrorIs(t, err, unix.EPERM)
+	assert.Error(t, f.Truncate(0))
+	flags, err := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0)
+	require.NoError(t, err)
+	assert.NotZero(t, flags&unix.FD_CLOEXEC, "QEMU and other children do not inherit it")
+
+	// The disk layer opens it as wisp's virtio-blk does for a seed.
+	format, err := blk.ResolveFormat(path, "raw")
+	require.NoError(t, err)
+	d, err := blk.Open(blk.Options{Path: path, Format: format, ReadOnly: true})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(len(img))/blk.SectorSize, d.Capacity())
+	require.NoError(t, d.Close())
+
+	// Nothing of this process's is left in the temporary directory.
+	entries, err := os.ReadDir(os.TempDir())
+	require.NoError(t, err)
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), stale.PrefixSeed) {
+			continue
+		}
+		o, err := stale.ReadOwner(filepath.Join(os.TempDir(), e.Name()))
+		if err == nil {
+			assert.NotEqual(t, os.Getpid(), o.PID, "scratch directory %s left behind", e.Name())
+		}
+	}
+}
+
+func TestNoCloudSeedMemoryBad(t *testing.T) {
+	_, err := NoCloudSeedMemory(SeedOptions{Hostname: "under_score"})
+	require.ErrorIs(t, err, ErrBadSeed)
 }
