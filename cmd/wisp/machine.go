@@ -103,9 +103,11 @@ type seedFlags struct {
 
 func (s seedFlags) wanted() bool { return s.userData != "" || s.hostname != "" || len(s.sshKeys) > 0 }
 
-// attachSeed writes a NoCloud seed (cloud-init's "cidata" ISO) into a
-// private temporary directory and adds it as a read-only disk. The
-// returned cleanup removes the directory.
+// attachSeed builds a NoCloud seed (cloud-init's "cidata" ISO) in memory
+// and adds it as a read-only disk, /proc/self/fd/N: wisp itself opens its
+// disks (QEMU reaches them over vhost-user), so the seed's user-data and
+// keys are never on a disk, and go with wisp however it ends. The returned
+// cleanup closes the memory file; keep it until the VM has ended.
 func attachSeed(cfg *vmm.Config, s seedFlags) (cleanup func(), err error) {
 	opts := image.SeedOptions{Hostname: s.hostname}
 	if s.userData != "" {
@@ -130,16 +132,11 @@ func attachSeed(cfg *vmm.Config, s seedFlags) (cleanup func(), err error) {
 		}
 		opts.SSHKeys = append(opts.SSHKeys, keys...)
 	}
-	dir, err := os.MkdirTemp("", "wisp-seed-")
+	seed, err := image.NoCloudSeedMemory(opts)
 	if err != nil {
-		return nil, fmt.Errorf("nocloud seed: %w", err)
+		return nil, err
 	}
-	cleanup = func() { os.RemoveAll(dir) }
-	path, err := image.NoCloudSeed(dir, opts)
-	if err != nil {
-		cleanup()
-		return nil, fmt.Errorf("nocloud seed: %w", err)
-	}
+	path := fmt.Sprintf("/proc/self/fd/%d", seed.Fd())
 	cfg.Disks = append(cfg.Disks, vmm.Disk{Path: path, ReadOnly: true, Format: vmm.FormatRaw})
-	return cleanup, nil
+	return func() { seed.Close() }, nil
 }
