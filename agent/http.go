@@ -21,6 +21,8 @@ import (
 
 	"github.com/wisp-vmm/wisp/agent/model"
 	"github.com/wisp-vmm/wisp/agent/store"
+	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/console"
 )
 
 // API limits and media types.
@@ -111,6 +113,10 @@ func toHTTPError(err error) *httpError {
 		return &httpError{status: http.StatusConflict, body: ErrorBody{Code: CodeExists, Message: err.Error()}}
 	case errors.Is(err, model.ErrConflict):
 		return &httpError{status: http.StatusConflict, body: ErrorBody{Code: CodeConflict, Message: conflictMessage(err)}}
+	case errors.Is(err, console.ErrConsoleBusy), errors.Is(err, vmm.ErrBadTransition):
+		// The VMM refused: another viewer types, or the VM moved on
+		// since the agent last looked.
+		return &httpError{status: http.StatusConflict, body: ErrorBody{Code: CodeConflict, Message: err.Error()}}
 	}
 	return &httpError{status: http.StatusInternalServerError, body: ErrorBody{Code: CodeInternal, Message: err.Error()}}
 }

@@ -29,6 +29,8 @@ import (
 
 	"github.com/wisp-vmm/wisp/agent/model"
 	"github.com/wisp-vmm/wisp/agent/store"
+	"github.com/wisp-vmm/wisp/vmm/api"
+	"github.com/wisp-vmm/wisp/vmm/console"
 )
 
 const (
@@ -585,6 +587,69 @@ func readUntil(t *testing.T, r io.Reader, want string) {
 		require.NoError(t, err, "read so far: %q", got)
 	}
 	assert.Equal(t, want, string(got))
+}
+
+// runningVMM is a VMM's control socket with a real console hub behind it,
+// standing for a VMM process: the agent reaches it as it would a real one.
+type runningVMM struct{}
+
+func (runningVMM) Status() api.Status                          { return api.Status{State: "running", Backend: "tcg"} }
+func (runningVMM) Pause() error                                { return nil }
+func (runningVMM) Resume() error                               { return nil }
+func (runningVMM) Stop(context.Context, api.StopOptions) error { return nil }
+
+func TestConsoleOverHTTP(t *testing.T) {
+	h := newAPIHarness(t, "no-such-group-wisp-test")
+	h.create(t, "web1", smallSpec())
+
+	hub := console.NewHub(4096)
+	sock := filepath.Join(filepath.Dir(h.socket), "vmm.sock")
+	ln, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	vmmSrv := api.NewServer(runningVMM{}, hub, nil)
+	go vmmSrv.Serve(ln)
+	defer vmmSrv.Close()
+	_, err = h.a.Store().UpdateVM("web1", func(vm *model.VM) ([]model.Event, error) {
+		vm.Runtime = &model.Runtime{PID: os.Getpid(), Socket: sock, Dir: t.TempDir()}
+		return vm.SetObserved(model.ObservedRunning, "stands for a running VMM"), nil
+	})
+	require.NoError(t, err)
+	_, err = hub.Write([]byte("login: "))
+	require.NoError(t, err)
+
+	req, err := http.NewRequest(http.MethodGet, "http://wisp/v1/vms/web1/console?write=true", nil)
+	require.NoError(t, err)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", ConsoleProtocol)
+	resp, err := h.http.Do(req)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, resp.StatusCode)
+	assert.Equal(t, ConsoleProtocol, resp.Header.Get("Upgrade"))
+	stream, ok := resp.Body.(io.ReadWriteCloser)
+	require.True(t, ok, "a 101 answer's body is the connection")
+
+	readUntil(t, stream, "login: ") // the hub's history, through the agent
+	_, err = stream.Write([]byte("root\n"))
+	require.NoError(t, err)
+	typed := make([]byte, len("root\n"))
+	_, err = io.ReadFull(hub.Input(), typed)
+	require.NoError(t, err)
+	assert.Equal(t, "root\n", string(typed))
+	_, err = hub.Write([]byte("# "))
+	require.NoError(t, err)
+	readUntil(t, stream, "# ")
+
+	// A second writer is refused while the first types.
+	status, _, body := h.call(t, context.Background(), http.MethodGet, "/v1/vms/web1/console?write=true", nil,
+		"Connection", "Upgrade", "Upgrade", ConsoleProtocol)
+	assert.Equal(t, http.StatusConflict, status, "%s", body)
+
+	// The VM's console ending ends the client's stream.
+	require.NoError(t, hub.Close())
+	rest, err := io.ReadAll(stream)
+	assert.NoError(t, err)
+	assert.Empty(t, rest)
+	require.NoError(t, stream.Close())
 }
 
 func TestPanicInHandlerIsA500(t *testing.T) {
