@@ -22,6 +22,7 @@ import (
 	"github.com/wisp-vmm/wisp/agent/model"
 	"github.com/wisp-vmm/wisp/agent/store"
 	"github.com/wisp-vmm/wisp/vmm"
+	"github.com/wisp-vmm/wisp/vmm/api"
 	"github.com/wisp-vmm/wisp/vmm/console"
 )
 
@@ -31,8 +32,8 @@ const (
 	// bytes, so anything near this is a mistake or an attack.
 	MaxBodyBytes = 1 << 20
 	// MaxStopTimeout bounds a stop's timeout_seconds, so a typo cannot
-	// park a VM in "stopping" for years.
-	MaxStopTimeout = 24 * time.Hour
+	// park a VM in "stopping" for years; it is what the VMM accepts.
+	MaxStopTimeout = api.MaxStopTimeout
 	// ConsoleProtocol is the Upgrade token of the console endpoint.
 	ConsoleProtocol = "wisp-console"
 

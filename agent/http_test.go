@@ -312,7 +312,7 @@ func TestVMLifecycleOverHTTP(t *testing.T) {
 
 	var host HostInfo
 	h.mustJSON(t, http.MethodGet, "/v1/host", nil, http.StatusOK, &host)
-	assert.Equal(t, HostInfo{CPUs: 4, MemoryBytes: 4 * testGiB, UsedCPUs: 1, UsedMemoryBytes: 64 << 20, VMs: 2,
+	assert.Equal(t, HostInfo{CPUs: 4, MemoryBytes: 4 * testGiB, CPUOvercommit: h.a.cfg.Host.CPUOvercommit, UsedCPUs: 1, UsedMemoryBytes: 64 << 20, VMs: 2,
 		AgentPID: os.Getpid(), StoreSchemaVesion: host.StoreSchemaVesion}, host)
 
 	h.mustJSON(t, http.MethodDelete, "/v1/vms/web1", nil, http.StatusNoContent, nil)
