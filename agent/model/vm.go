@@ -25,6 +25,18 @@ type VM struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	CreatedAt time.Time         `json:"created_at"`
 	Runtime   *Runtime          `json:"runtime,omitempty"` // set while a VMM process exists
+	// Stop is how the last operation asked a stop to be done (graceful
+	// with a timeout, or forced).
+	Stop *StopRequest `json:"stop,omitempty"`
+	// RestartPending: a restart asked for; the agent stops the VM, clears
+	// it, and starts the VM again.
+	RestartPending bool `json:"restart_pending,omitempty"`
+}
+
+// StopRequest is how to stop a VM.
+type StopRequest struct {
+	Force          bool    `json:"force,omitempty"`
+	TimeoutSeconds float64 `json:"timeout_seconds,omitempty"`
 }
 
 // Apply is the package's Apply for v's observed state, with v's name in a

@@ -102,7 +102,7 @@ func newRootCommand(c *cli) *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
 		return &usageError{err}
 	})
-	root.AddCommand(newRunCommand(c), newDoctorCommand(c), newKernelCommand(c), newImageCommand(c))
+	root.AddCommand(newRunCommand(c), newDoctorCommand(c), newKernelCommand(c), newImageCommand(c), newAgentCommand(c), newVMCommand(c))
 	return root
 }
 

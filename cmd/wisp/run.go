@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/wisp-vmm/wisp/guest"
@@ -29,6 +30,8 @@ type runFlags struct {
 	rng                     bool
 	vm, image, boot         string
 	seed                    seedFlags
+	stateDir                string
+	control                 controlFlags
 }
 
 func newRunCommand(c *cli) *cobra.Command {
@@ -75,16 +78,27 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 				}
 				defer cleanup()
 			}
-			return c.runVM(cmd.Context(), cfg, changed("cmdline"), guestCmd)
+			return c.runVM(cmd.Context(), cfg, changed("cmdline"), guestCmd, f.control)
 		},
 	}
 	fl := cmd.Flags()
+	f.registerMachine(fl)
+	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, file:PATH or none")
+	fl.StringVar(&f.stateDir, "state-dir", "", "directory for what the VM writes at run time, e.g. qcow2 overlays (default: a temporary one)")
+	fl.StringVar(&f.control.apiSock, "api-sock", "", "serve the VM's control API (status, pause, resume, stop, console) on this unix socket; the console is then the socket's")
+	fl.StringVar(&f.control.exitFile, "exit-file", "", "when the VM ends, write how (JSON) to this file")
+	fl.StringVar(&f.control.name, "name", "", "the VM's name in logs and on the control socket")
+	return cmd
+}
+
+// registerMachine adds the flags that say what a VM is, shared by
+// `wisp run` and `wisp vm create`.
+func (f *runFlags) registerMachine(fl *pflag.FlagSet) {
 	fl.StringVar(&f.kernel, "kernel", "", "Linux kernel: bzImage or ELF vmlinux (default: the default guest)")
 	fl.StringVar(&f.initrd, "initrd", "", "initial ramdisk")
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line (default \""+vmm.DefaultCmdline+"\")")
 	fl.IntVar(&f.cpus, "cpus", 1, "number of vCPUs")
 	fl.StringVar(&f.memory, "memory", "256M", "guest RAM, e.g. 256M, 1G, 1536MiB")
-	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, file:PATH or none")
 	fl.StringVar(&f.accel, "accel", "auto", "CPU engine: auto, kvm or tcg")
 	fl.StringVar(&f.onReboot, "on-reboot", "exit", "on guest reset: exit or restart")
 	fl.StringArrayVar(&f.disks, "disk", nil, "virtio disk PATH[,ro][,serial=ID][,format=raw|qcow2]; repeat for more (the first is /dev/vda)")
@@ -96,7 +110,6 @@ On a terminal the console is raw: Ctrl-A x quits, Ctrl-A Ctrl-A sends Ctrl-A.`,
 	fl.StringVar(&f.seed.userData, "user-data", "", "cloud-init user-data for the guest, given on a NoCloud seed disk")
 	fl.StringArrayVar(&f.seed.sshKeys, "ssh-key", nil, "authorized_keys file for the guest's default user, on a NoCloud seed disk; repeatable")
 	fl.StringVar(&f.seed.hostname, "hostname", "", "the guest's host name, on a NoCloud seed disk")
-	return cmd
 }
 
 // commandArgs returns what follows "--": the command to run in the guest.
@@ -172,6 +185,7 @@ func (f runFlags) config(changed func(string) bool) (vmm.Config, error) {
 		Nets:        nets,
 		RNG:         f.rng,
 		Boot:        vmm.BootMode(f.boot),
+		StateDir:    f.stateDir,
 	}
 	if f.vm != "" {
 		if err := applyMachineDir(&cfg, f.vm, changed); err != nil {
@@ -216,11 +230,13 @@ func (c *cli) defaultGuest(ctx context.Context, cfg *vmm.Config) error {
 	return nil
 }
 
-func attachConsole(cfg vmm.Config, stdin *os.File, stdout io.Writer) (*console.Console, error) {
-	switch cfg.Console {
-	case vmm.ConsoleFile:
+// attachConsole connects the console cfg asks for; with a control socket
+// the socket's viewers take the place of stdio.
+func attachConsole(cfg vmm.Config, stdin *os.File, stdout io.Writer, controlSocket bool) (*console.Console, error) {
+	switch {
+	case cfg.Console == vmm.ConsoleFile:
 		return console.File(cfg.ConsolePath)
-	case vmm.ConsoleNone:
+	case cfg.Console == vmm.ConsoleNone, controlSocket:
 		return console.None(), nil
 	}
 	return console.Stdio(stdin, stdout)
@@ -254,7 +270,7 @@ func (c *cli) commandCmdline(cmdline string, userCmdline bool, argv []string) (s
 }
 
 // runVM boots cfg and turns the way the guest ended into an exit code.
-func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv []string) error {
+func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv []string, o controlFlags) error {
 	if len(argv) > 0 && cfg.Boot == vmm.BootFirmware {
 		return vmm.Invalidf("-- CMD runs through wisp's own init, which --boot firmware does not use: log in on the console instead")
 	}
@@ -273,22 +289,36 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 	if err := cfg.CheckBoot(); err != nil {
 		return err
 	}
-	con, err := attachConsole(cfg, c.stdin, c.stdout)
+	con, err := attachConsole(cfg, c.stdin, c.stdout, o.apiSock != "")
 	if err != nil {
 		return err
 	}
 	defer con.Close()
-	out := con.Out
+	out, in := con.Out, con.In
+	var hub *console.Hub
+	if o.apiSock != "" {
+		// The control socket's viewers get the console; a console file
+		// keeps everything, for `wisp vm logs`.
+		hub = console.NewHub(consoleHistory)
+		defer hub.Close()
+		if cfg.Console == vmm.ConsoleFile {
+			out = io.MultiWriter(hub, con.Out)
+		} else {
+			out = hub
+		}
+		in = hub.Input()
+	}
 	var status *initproto.ExitFilter
 	if len(argv) > 0 {
-		status = initproto.NewExitFilter(con.Out)
+		status = initproto.NewExitFilter(out)
 		out = status
 	}
 	// The terminal stays cooked until the VM is built, so that a locked
 	// disk, a tap that cannot be made or the reason for TCG read normally;
 	// later lines get their \r from the log handler.
 	m, err := machine.New(ctx, cfg, machine.Options{
-		Console:      vmm.Console{In: con.In, Out: out},
+		ID:           o.name,
+		Console:      vmm.Console{In: in, Out: out},
 		Logger:       newLineLogger(c.stderr, con.IsRaw),
 		Start:        c.start,
 		OnBootMarker: bootMarkerLogger(c.stderr),
@@ -297,6 +327,13 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 		return err
 	}
 	defer m.Close()
+	if o.apiSock != "" {
+		stopServing, err := serveControl(m, o, hub, c.stderr)
+		if err != nil {
+			return err
+		}
+		defer stopServing()
+	}
 	if err := con.Raw(); err != nil {
 		return err
 	}
@@ -315,6 +352,11 @@ func (c *cli) runVM(ctx context.Context, cfg vmm.Config, userCmdline bool, argv 
 	st, err := runToEnd(ctx, m)
 	if status != nil {
 		_ = status.Flush()
+	}
+	if o.exitFile != "" {
+		if werr := writeExitRecord(o.exitFile, st, err); werr != nil {
+			fmt.Fprintf(c.stderr, "wisp: %v\n", werr)
+		}
 	}
 	_ = con.Close() // restore the terminal before printing
 	if err != nil {
