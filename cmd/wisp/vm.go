@@ -242,7 +242,9 @@ func printVM(w io.Writer, vm agent.VMInfo, asJSON bool) error {
 		return writeJSON(w, vm)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
-	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, args...)...) }
+	row := func(k, format string, args ...any) {
+		fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, args...)...)
+	}
 	row("name", "%s", vm.Name)
 	row("state", "%s (desired %s)", vm.Observed, vm.Desired)
 	if vm.Reason != "" {
