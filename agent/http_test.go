@@ -413,7 +413,7 @@ func TestBadInputOverHTTP(t *testing.T) {
 		{name: "wrong method", method: "PUT", path: "/v1/vms", off: true, status: 405, code: "method_not_allowed"},
 		{name: "wrong method on op", method: "GET", path: "/v1/vms/taken/start", off: true, status: 405, code: "method_not_allowed"},
 		{name: "console without upgrade", method: "GET", path: "/v1/vms/taken/console", breaks: true, status: 426, code: "upgrade_required"},
-		{name: "console of a stopped vm", method: "GET", path: "/v1/vms/taken/console", header: []string{"Connection", "Upgrade", "Upgrade", ConsoleProtocol}, status: 409, code: "conflict", message: "cannot console: vm taken is stopped"},
+		{name: "console of a stopped vm", method: "GET", path: "/v1/vms/taken/console", header: []string{"Connection", "Upgrade", "Upgrade", ConsoleProtocol}, status: 409, code: "conflict", message: "vm taken is stopped: it has a console while it runs (start it first)"},
 		{name: "console of unknown vm", method: "GET", path: "/v1/vms/nope/console?write=true", header: []string{"Connection", "Upgrade", "Upgrade", ConsoleProtocol}, status: 404, code: "not_found"},
 	}
 	for _, tt := range tests {

@@ -62,9 +62,6 @@ func (a *Agent) Create(ctx context.Context, req CreateRequest) (VMInfo, error) {
 		CreatedAt: time.Now().UTC(),
 	}
 	if err := a.store.CreateVM(vm, model.Event{Kind: model.EventCreated, To: string(model.ObservedStopped), Reason: "created"}); err != nil {
-		if errors.Is(err, model.ErrExists) {
-			return VMInfo{}, fmt.Errorf("vm %s already exists: %w", req.Name, err)
-		}
 		return VMInfo{}, err
 	}
 	a.notify(req.Name)
@@ -272,9 +269,14 @@ func (a *Agent) Console(ctx context.Context, name string, write bool) (net.Conn,
 		return nil, err
 	}
 	if vm.Runtime == nil || vm.Runtime.Socket == "" {
-		return nil, &model.TransitionError{Op: "console", VM: name, State: vm.Observed}
+		return nil, conflictf("vm %s is %s: it has a console while it runs (start it first)", name, vm.Observed)
 	}
-	return api.Dial(vm.Runtime.Socket).Console(ctx, write)
+	conn, err := api.Dial(vm.Runtime.Socket).Console(ctx, write)
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, os.ErrNotExist) {
+		return nil, conflictf("vm %s: its VMM does not answer yet (%v)", name, err)
+	}
+	return conn, err
 }
 
 // ConsoleLog is the file that keeps everything name's console printed.
@@ -312,4 +314,15 @@ func (a *Agent) notify(name string) {
 		default:
 		}
 	}
+}
+
+// conflictError is a request that does not fit the VM's state, in words of
+// its own; it matches model.ErrConflict.
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string        { return e.msg }
+func (e *conflictError) Is(target error) bool { return target == model.ErrConflict }
+
+func conflictf(format string, args ...any) error {
+	return &conflictError{msg: fmt.Sprintf(format, args...)}
 }
