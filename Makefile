@@ -21,9 +21,10 @@ export WISP_CACHE
 #   e2fsprogs                   mkfs.ext4 -d and debugfs: disk images without mounting
 #   mmdebstrap                  builds Debian images (wisp image build)
 #   fio iperf3                  disk and network numbers in make bench (copied into the guest)
+#   genisoimage                 isoinfo reads back the NoCloud seeds wisp writes
 DEB_PACKAGES := qemu-system-x86 qemu-utils acpica-tools busybox-static \
 	build-essential bc bison flex libelf-dev libssl-dev cpio linux-source-6.1 \
-	linux-libc-dev xz-utils zstd tmux iproute2 ca-certificates e2fsprogs mmdebstrap fio iperf3
+	linux-libc-dev xz-utils zstd tmux iproute2 ca-certificates e2fsprogs mmdebstrap fio iperf3 genisoimage
 
 .PHONY: all build deps test test-short bench run lint clean
 
