@@ -39,11 +39,20 @@ type Queue struct {
 	// event-index rule; valid once the first decision was made.
 	signalled      uint16
 	signalledValid bool
+	// usedFlags is what the device last stored in the used ring's flags;
+	// the device is their only writer and stores them with the index.
+	usedFlags uint16
 	// barrier is the target of fence's locked instruction; its value is
 	// meaningless.
 	barrier uint32
 
 	desc, avail, used []byte // the three ring areas, bounds-checked once
+
+	// The fields shared with the driver, accessed atomically (see
+	// queue_unsafe.go). availFlags, availIdx and usedEvent are the
+	// driver's; usedHeader (flags and idx) and availEvent the device's.
+	availFlags, availIdx, usedEvent ringField
+	usedHeader, availEvent          ringField
 }
 
 // NewQueue checks cfg against mem and the spec's alignment rules and
@@ -70,13 +79,19 @@ func NewQueue(mem GuestMemory, cfg QueueConfig, features uint64, nextAvail uint1
 	if q.desc, err = mem.Slice(cfg.DescAddr, descSize*n); err != nil {
 		return nil, fmt.Errorf("descriptor table at %#x: %w: %w", cfg.DescAddr, ErrBadRing, err)
 	}
-	if q.avail, err = mem.Slice(cfg.AvailAddr, 6+2*n); err != nil {
+	availLen, usedLen := 6+2*n, 6+usedElemSize*n
+	avail, err := mapRingWords(mem, cfg.AvailAddr, availLen)
+	if err != nil {
 		return nil, fmt.Errorf("available ring at %#x: %w: %w", cfg.AvailAddr, ErrBadRing, err)
 	}
-	if q.used, err = mem.Slice(cfg.UsedAddr, 6+usedElemSize*n); err != nil {
+	used, err := mapRingWords(mem, cfg.UsedAddr, usedLen)
+	if err != nil {
 		return nil, fmt.Errorf("used ring at %#x: %w: %w", cfg.UsedAddr, ErrBadRing, err)
 	}
-	q.nextUsed = binary.LittleEndian.Uint16(q.used[2:])
+	q.avail, q.used = avail.ring(availLen), used.ring(usedLen)
+	q.availFlags, q.availIdx, q.usedEvent = avail.field(0), avail.field(2), avail.field(4+2*n)
+	q.usedHeader, q.availEvent = used.field(0), used.field(4+usedElemSize*n)
+	q.usedFlags, q.nextUsed = q.usedHeader.loadHeader()
 	return q, nil
 }
 
@@ -87,30 +102,55 @@ func (q *Queue) Size() uint16 { return q.cfg.Size }
 // vhost-user's GET_VRING_BASE reports).
 func (q *Queue) NextAvail() uint16 { return q.nextAvail }
 
-// The ring fields below are shared with the driver running on other CPUs.
-// x86 keeps stores in order and loads in order, and every access goes
-// through a non-inlined slice read or write, so plain accesses in the order
-// the spec prescribes are enough there; wisp only runs x86-64 guests.
+// Memory ordering (virtio 1.2, section 2.7.13, and the notification
+// suppression rules of 2.7.7 and 2.7.10). The driver runs on other CPUs
+// and orders its side with Linux's virtio_wmb/virtio_rmb/virtio_mb; this
+// is the device's side of each pairing. The shared 16-bit fields go
+// through atomic accesses (queue_unsafe.go); the ring entries, used
+// elements and descriptors are plain accesses ordered by them.
 //
-// The one reordering x86 does allow is a load passing an earlier store (the
-// store buffer). Two places depend on store-then-load: publishing the used
-// index and then reading the driver's used_event/flags (NeedsInterrupt), and
-// publishing avail_event/flags and then re-reading the available index
-// (SetNotify(true) followed by HasAvailable). Without a full barrier there,
-// the device and driver can each miss the other's update and both go to
-// sleep: a lost interrupt or a lost kick, i.e. a hung queue. Linux's vhost
-// uses smp_mb() at the same two points.
+//  1. Buffers made available. The driver writes descriptors and the
+//     available ring entry, then (wmb) the available idx. The device loads
+//     the idx atomically (availIdx.load) and only then reads the entry and
+//     the descriptors: the atomic load keeps those later loads after it
+//     (x86 does not reorder loads; Go does not hoist across an atomic).
+//     What is read after it is still hostile and checked: the driver may
+//     rewrite a descriptor at any time, so each is copied once (readDesc).
+//  2. Buffers made used. The device writes the used element (plain), then
+//     stores the used idx atomically (Complete): the store is a release on
+//     every architecture Go supports and a locked instruction on amd64, so
+//     the element is visible first. The driver reads the idx, rmb, then
+//     the element.
+//  3. Interrupt suppression. The device stores the used idx and then loads
+//     used_event (or the available flags) to decide on an interrupt; the
+//     driver stores used_event, mb, and loads the used idx to decide
+//     whether to wait. Each side's load must not pass its own earlier
+//     store (the one reordering x86 allows, through the store buffer),
+//     or both miss the other's update: a lost interrupt, a hung queue.
+//     NeedsInterrupt fences before its loads.
+//  4. Kick suppression, the mirror of 3. The device stores avail_event (or
+//     clears NO_NOTIFY in the used flags) and then re-loads the available
+//     idx (SetNotify(true), then HasAvailable); the driver stores the
+//     available idx, mb, and loads avail_event or the used flags to decide
+//     whether to kick. SetNotify fences after its store.
+//
+// In 3 and 4 the atomic store is already a full barrier on amd64 (XCHG or
+// LOCK CMPXCHG), and an arm64 store-release followed by a load-acquire is
+// ordered too, so the fence is formally redundant there. It is kept
+// because it is the spec's mb at exactly the point that pairs with the
+// driver's, it does not depend on how a Go port lowers atomic stores, and
+// it costs one locked instruction per batch. Linux's vhost has smp_mb() at
+// the same two points. Orderings 1 and 2 need no fence: x86 keeps loads
+// in order and stores in order, and the atomics stop the compiler.
 
 // fence is a full memory barrier: on amd64 an atomic add is a LOCK-prefixed
 // instruction, which orders every earlier load and store before every later
 // one, and the Go compiler never moves memory accesses across an atomic.
 func (q *Queue) fence() { atomic.AddUint32(&q.barrier, 0) }
 
-func (q *Queue) availIdx() uint16 { return binary.LittleEndian.Uint16(q.avail[2:]) }
-
 // HasAvailable reports whether the driver made buffers available that the
 // device has not consumed yet.
-func (q *Queue) HasAvailable() bool { return q.availIdx() != q.nextAvail }
+func (q *Queue) HasAvailable() bool { return q.availIdx.load() != q.nextAvail }
 
 // Next takes the next available chain. It returns (nil, nil) when the ring
 // is empty. For a malformed chain it returns the chain (with Head set and
@@ -119,7 +159,7 @@ func (q *Queue) HasAvailable() bool { return q.availIdx() != q.nextAvail }
 // with a nil chain (the driver's available index or head is impossible)
 // means the queue is broken and the device should stop serving it.
 func (q *Queue) Next() (*Chain, error) {
-	avail := q.availIdx()
+	avail := q.availIdx.load()
 	if avail == q.nextAvail {
 		return nil, nil
 	}
@@ -227,9 +267,10 @@ func (q *Queue) Complete(c *Chain, written uint32) error {
 	e := q.used[4+usedElemSize*slot:]
 	binary.LittleEndian.PutUint32(e, uint32(c.Head))
 	binary.LittleEndian.PutUint32(e[4:], written)
-	// The element is written before the index that publishes it.
+	// The element is written before the index that publishes it (ordering
+	// 2 above).
 	q.nextUsed++
-	binary.LittleEndian.PutUint16(q.used[2:], q.nextUsed)
+	q.usedHeader.storeHeader(q.usedFlags, q.nextUsed)
 	return nil
 }
 
@@ -239,7 +280,7 @@ func (q *Queue) Complete(c *Chain, written uint32) error {
 func (q *Queue) NeedsInterrupt() bool {
 	q.fence() // the used index stored by Complete before the loads below
 	if !q.eventIdx {
-		return binary.LittleEndian.Uint16(q.avail[0:])&availFNoIRQ == 0
+		return q.availFlags.load()&availFNoIRQ == 0
 	}
 	old, now := q.signalled, q.nextUsed
 	valid := q.signalledValid
@@ -247,7 +288,7 @@ func (q *Queue) NeedsInterrupt() bool {
 	if !valid {
 		return true
 	}
-	usedEvent := binary.LittleEndian.Uint16(q.avail[4+2*uint64(q.cfg.Size):])
+	usedEvent := q.usedEvent.load()
 	// vring_need_event: did the used index pass used_event since old?
 	return uint16(now-usedEvent-1) < uint16(now-old)
 }
@@ -259,18 +300,17 @@ func (q *Queue) NeedsInterrupt() bool {
 func (q *Queue) SetNotify(enable bool) {
 	if q.eventIdx {
 		if enable {
-			binary.LittleEndian.PutUint16(q.used[4+usedElemSize*uint64(q.cfg.Size):], q.nextAvail)
+			q.availEvent.store(q.nextAvail)
 			q.fence() // before the caller re-reads the available index
 		}
 		return
 	}
-	flags := binary.LittleEndian.Uint16(q.used[0:])
 	if enable {
-		flags &^= usedFNoKick
+		q.usedFlags &^= usedFNoKick
 	} else {
-		flags |= usedFNoKick
+		q.usedFlags |= usedFNoKick
 	}
-	binary.LittleEndian.PutUint16(q.used[0:], flags)
+	q.usedHeader.storeHeader(q.usedFlags, q.nextUsed)
 	if enable {
 		q.fence() // before the caller re-reads the available index
 	}
