@@ -35,9 +35,13 @@ func (d *testDevice) Config() *Config                           { return d.cfg }
 func (d *testDevice) ReadConfig(offset int, data []byte) error  { return d.cfg.Read(offset, data) }
 func (d *testDevice) WriteConfig(offset int, data []byte) error { return d.cfg.Write(offset, data) }
 
+// ReadBAR answers with the low 16 bits of offset, cut to the access's
+// width (a guest may read a single byte).
 func (d *testDevice) ReadBAR(bar int, offset uint64, data []byte) error {
+	var v [2]byte
+	binary.LittleEndian.PutUint16(v[:], uint16(offset))
 	clear(data)
-	binary.LittleEndian.PutUint16(data, uint16(offset))
+	copy(data, v[:])
 	return nil
 }
 
