@@ -99,6 +99,38 @@ type configError struct{ msg string }
 func (e *configError) Error() string        { return e.msg }
 func (e *configError) Is(target error) bool { return target == ErrInvalidConfig }
 
+// FieldError is a Config field that cannot be used: Field is its path in
+// Config ("CPUs", "MemoryBytes", "Disks[1]", "Nets[0]"), Value the value at
+// fault as text (empty when the message says it all; MemoryBytes in plain
+// bytes), and Msg the problem and the fix in words that hold both for a
+// program that filled a Config and for a CLI that mapped flags to it, so
+// callers can point at their own name for the field. It matches
+// ErrInvalidConfig, and Err, when set, is the cause for errors.Is.
+type FieldError struct {
+	Field string
+	Value string
+	Msg   string
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return "Config." + e.Field + ": " + e.Msg
+	}
+	return "Config." + e.Field + " " + e.Value + ": " + e.Msg
+}
+
+// Is makes errors.Is(err, ErrInvalidConfig) true.
+func (e *FieldError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// Unwrap returns the cause, if any.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// fieldError builds a *FieldError with a formatted message.
+func fieldError(field, value, format string, args ...any) *FieldError {
+	return &FieldError{Field: field, Value: value, Msg: fmt.Sprintf(format, args...)}
+}
+
 // Invalidf builds a configuration error: one line for the user that names
 // the flag and the fix, matching ErrInvalidConfig.
 func Invalidf(format string, args ...any) error { return invalid(format, args...) }

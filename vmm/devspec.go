@@ -283,53 +283,56 @@ func RandomMAC() (net.HardwareAddr, error) {
 
 // validateDevices checks the disks and nets of c.
 func (c Config) validateDevices() error {
-	seen := map[string]bool{}
-	for _, d := range c.Disks {
-		if err := readableFile("--disk", d.Path); err != nil {
+	seen := map[string]string{}
+	for i, d := range c.Disks {
+		field := fmt.Sprintf("Disks[%d]", i)
+		if err := readableFile(field, d.Path); err != nil {
 			return err
 		}
 		if !d.ReadOnly && unix.Access(d.Path, unix.W_OK) != nil {
-			return invalid("--disk %s: not writable; fix its permissions or add ,ro", d.Path)
+			return fieldError(field, d.Path, "not writable: fix its permissions or make the disk read-only (ro)")
 		}
 		abs, err := filepath.Abs(d.Path)
 		if err != nil {
-			return invalid("--disk %s: %v", d.Path, err)
+			return &FieldError{Field: field, Value: d.Path, Msg: err.Error(), Err: err}
 		}
 		if real, err := filepath.EvalSymlinks(abs); err == nil {
 			abs = real
 		}
-		if seen[abs] {
-			return invalid("--disk %s is given twice: a VM must not open one image twice", d.Path)
+		if first, ok := seen[abs]; ok {
+			return fieldError(field, d.Path, "given twice (also as %s): a VM must not open one image twice", first)
 		}
-		seen[abs] = true
+		seen[abs] = d.Path
 		if _, err := DiskFormat(d.Path, d.Format); err != nil {
-			return err
+			// The cause names the file already.
+			return &FieldError{Field: field, Msg: err.Error(), Err: err}
 		}
 		if d.BackingDir != "" {
 			if st, err := os.Stat(d.BackingDir); err != nil || !st.IsDir() {
-				return invalid("--disk %s: backing-dir %s is not a directory: name the directory that holds the backing files", d.Path, d.BackingDir)
+				return fieldError(field, d.Path, "backing-dir %s is not a directory: name the directory that holds the backing files", d.BackingDir)
 			}
 		}
 		if d.Serial != "" {
 			if err := checkSerial(d.Serial); err != nil {
-				return invalid("--disk %s: %v", d.Path, err)
+				return &FieldError{Field: field, Value: d.Path, Msg: err.Error(), Err: err}
 			}
 		}
 	}
 	taps := map[string]bool{}
-	for _, n := range c.Nets {
+	for i, n := range c.Nets {
+		field := fmt.Sprintf("Nets[%d]", i)
 		switch n.Mode {
 		case NetTap:
 			if n.Tap != "" && taps[n.Tap] {
-				return invalid("--net tap:%s is given twice", n.Tap)
+				return fieldError(field, "", "tap %s is given twice: give each NIC its own tap, or leave the name empty", n.Tap)
 			}
 			taps[n.Tap] = n.Tap != ""
 		case NetUser:
 		default:
-			return invalid("--net: unknown mode %q (want tap or user)", n.Mode)
+			return fieldError(field, "", "unknown mode %q: want tap or user", n.Mode)
 		}
 		if len(n.MAC) != 6 {
-			return invalid("--net %s: no MAC address", n.Mode)
+			return fieldError(field, "", "no MAC address of 6 bytes: give one, or let WithDefaults pick a random one")
 		}
 	}
 	return nil

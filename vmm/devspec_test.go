@@ -118,29 +118,33 @@ func TestValidateDevices(t *testing.T) {
 	require.NoError(t, os.WriteFile(hostile, append([]byte("QFI\xfb"), make([]byte, 4092)...), 0o644))
 	base := Config{CPUs: 1, MemoryBytes: DefaultMemory}.WithDefaults()
 	tests := []struct {
-		name    string
-		disks   []Disk
-		nets    []Net
-		boot    BootMode
-		kernel  string
-		accel   Accel
-		wantErr string
+		name      string
+		disks     []Disk
+		nets      []Net
+		boot      BootMode
+		kernel    string
+		accel     Accel
+		wantField string
+		wantErr   string
+		wantCause error
 	}{
 		{name: "one disk", disks: []Disk{{Path: img}}},
-		{name: "missing", disks: []Disk{{Path: filepath.Join(dir, "nope")}}, wantErr: "no such file"},
-		{name: "directory", disks: []Disk{{Path: dir}}, wantErr: "not a regular file"},
-		{name: "twice via symlink", disks: []Disk{{Path: img}, {Path: link, ReadOnly: true}}, wantErr: "given twice"},
-		{name: "tap twice", nets: []Net{{Mode: NetTap, Tap: "t0"}, {Mode: NetTap, Tap: "t0"}}, wantErr: "given twice"},
+		{name: "missing", disks: []Disk{{Path: img}, {Path: filepath.Join(dir, "nope")}}, wantField: "Disks[1]", wantErr: "no such file", wantCause: os.ErrNotExist},
+		{name: "directory", disks: []Disk{{Path: dir}}, wantField: "Disks[0]", wantErr: "not a regular file"},
+		{name: "twice via symlink", disks: []Disk{{Path: img}, {Path: link, ReadOnly: true}}, wantField: "Disks[1]", wantErr: "given twice (also as " + img + ")"},
+		{name: "tap twice", nets: []Net{{Mode: NetTap, Tap: "t0"}, {Mode: NetTap, Tap: "t0"}}, wantField: "Nets[1]", wantErr: "tap t0 is given twice"},
 		{name: "two unnamed taps", nets: []Net{{Mode: NetTap}, {Mode: NetTap}}},
+		{name: "unknown net mode", nets: []Net{{Mode: NetUser}, {Mode: "bridge"}}, wantField: "Nets[1]", wantErr: `unknown mode "bridge"`},
 		{name: "firmware boot with a disk", boot: BootFirmware, disks: []Disk{{Path: img}}},
-		{name: "firmware boot without a disk", boot: BootFirmware, wantErr: "add --disk PATH"},
-		{name: "firmware boot with a kernel", boot: BootFirmware, kernel: "k", disks: []Disk{{Path: img}}, wantErr: "drop --kernel"},
-		{name: "firmware boot on KVM", boot: BootFirmware, accel: AccelKVM, disks: []Disk{{Path: img}}, wantErr: "use --accel tcg"},
-		{name: "unknown boot mode", boot: "pxe", wantErr: `--boot "pxe"`},
-		{name: "raw name with a qcow2 header", disks: []Disk{{Path: hostile}}, wantErr: "starts with a qcow2 header but is used as raw"},
+		{name: "firmware boot without a disk", boot: BootFirmware, wantField: "Boot", wantErr: "needs a disk with a bootloader"},
+		{name: "firmware boot with a kernel", boot: BootFirmware, kernel: "k", disks: []Disk{{Path: img}}, wantField: "Boot", wantErr: "drop the kernel and initrd"},
+		{name: "firmware boot on KVM", boot: BootFirmware, accel: AccelKVM, disks: []Disk{{Path: img}}, wantField: "Accel", wantErr: "use tcg or auto"},
+		{name: "unknown boot mode", boot: "pxe", wantField: "Boot", wantErr: "use kernel or firmware"},
+		{name: "raw name with a qcow2 header", disks: []Disk{{Path: hostile}}, wantField: "Disks[0]", wantErr: "starts with a qcow2 header but is used as raw", wantCause: blk.ErrFormatMismatch},
 		{name: "declared raw with a qcow2 header", disks: []Disk{{Path: hostile, Format: FormatRaw}}},
-		{name: "declared qcow2 without the header", disks: []Disk{{Path: img, Format: FormatQcow2}}, wantErr: "has no qcow2 header"},
-		{name: "backing-dir not a directory", disks: []Disk{{Path: img, Backing: true, BackingDir: img}}, wantErr: "is not a directory"},
+		{name: "declared qcow2 without the header", disks: []Disk{{Path: img, Format: FormatQcow2}}, wantField: "Disks[0]", wantErr: "has no qcow2 header", wantCause: blk.ErrFormatMismatch},
+		{name: "backing-dir not a directory", disks: []Disk{{Path: img, Backing: true, BackingDir: img}}, wantField: "Disks[0]", wantErr: "is not a directory"},
+		{name: "bad serial", disks: []Disk{{Path: img, Serial: "has space"}}, wantField: "Disks[0]", wantErr: "printable ASCII"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -151,18 +155,33 @@ func TestValidateDevices(t *testing.T) {
 			}
 			c = c.WithDefaults()
 			err := c.ValidateMachine(0)
-			if tc.wantErr != "" {
-				require.Error(t, err)
-				assert.Contains(t, err.Error(), tc.wantErr)
-				assert.ErrorIs(t, err, ErrInvalidConfig)
+			if tc.wantErr == "" {
+				require.NoError(t, err)
+				for _, n := range c.Nets {
+					assert.Len(t, n.MAC, 6)
+				}
 				return
 			}
-			require.NoError(t, err)
-			for _, n := range c.Nets {
-				assert.Len(t, n.MAC, 6)
+			require.ErrorIs(t, err, ErrInvalidConfig)
+			var fe *FieldError
+			require.ErrorAs(t, err, &fe)
+			assert.Equal(t, tc.wantField, fe.Field)
+			assert.Contains(t, fe.Msg, tc.wantErr)
+			assert.NotContains(t, err.Error(), "--", "a library error names fields, not flags")
+			if tc.wantCause != nil {
+				assert.ErrorIs(t, err, tc.wantCause)
 			}
 		})
 	}
+
+	t.Run("no MAC without WithDefaults", func(t *testing.T) {
+		c := base
+		c.Nets = []Net{{Mode: NetUser}}
+		var fe *FieldError
+		require.ErrorAs(t, c.ValidateMachine(0), &fe)
+		assert.Equal(t, "Nets[0]", fe.Field)
+		assert.Contains(t, fe.Msg, "no MAC address")
+	})
 }
 
 func TestDiskFormat(t *testing.T) {

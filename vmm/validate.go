@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -60,20 +61,21 @@ func (c Config) WithDefaults() Config {
 	return c
 }
 
-// Validate checks c against the host. Every error names the flag at fault
-// and how to fix it, and wraps ErrInvalidConfig.
+// Validate checks c against the host. Every error is a *FieldError naming
+// the Config field at fault and how to fix it, and matches
+// ErrInvalidConfig.
 func (c Config) Validate(hostMemory uint64) error {
 	if c.Boot == BootFirmware {
 		return c.ValidateMachine(hostMemory)
 	}
 	if c.Kernel == "" {
-		return invalid("--kernel is required: give the path of a Linux bzImage or ELF vmlinux")
+		return fieldError("Kernel", "", "required: give the path of a Linux bzImage or ELF vmlinux")
 	}
-	if err := readableFile("--kernel", c.Kernel); err != nil {
+	if err := readableFile("Kernel", c.Kernel); err != nil {
 		return err
 	}
 	if c.Initrd != "" {
-		if err := readableFile("--initrd", c.Initrd); err != nil {
+		if err := readableFile("Initrd", c.Initrd); err != nil {
 			return err
 		}
 	}
@@ -84,71 +86,76 @@ func (c Config) Validate(hostMemory uint64) error {
 // fill those in later (the default guest).
 func (c Config) ValidateMachine(hostMemory uint64) error {
 	if c.CPUs < 1 || c.CPUs > MaxCPUs {
-		return invalid("--cpus %d: want 1 to %d", c.CPUs, MaxCPUs)
+		return fieldError("CPUs", strconv.Itoa(c.CPUs), "want 1 to %d", MaxCPUs)
 	}
+	// MemoryBytes goes out in plain bytes, exact for a program; the CLI
+	// prints it back as a size.
+	mem := strconv.FormatUint(c.MemoryBytes, 10)
 	if c.MemoryBytes < MinMemory {
-		return invalid("--memory %s: want at least %s", FormatSize(c.MemoryBytes), FormatSize(MinMemory))
+		return fieldError("MemoryBytes", mem, "want at least %s", FormatSize(MinMemory))
 	}
 	if hostMemory > 0 && c.MemoryBytes > hostMemory {
-		return invalid("--memory %s: more than the host's %.1fG", FormatSize(c.MemoryBytes), float64(hostMemory)/(1<<30))
+		return fieldError("MemoryBytes", mem, "more than the host's %.1fG", float64(hostMemory)/(1<<30))
 	}
 	if c.MemoryBytes%(2<<20) != 0 {
-		return invalid("--memory %s: use a multiple of 2M", FormatSize(c.MemoryBytes))
+		return fieldError("MemoryBytes", mem, "use a multiple of 2M")
 	}
 	if strings.ContainsRune(c.Cmdline, 0) {
-		return invalid("--cmdline contains a NUL byte")
+		return fieldError("Cmdline", "", "contains a NUL byte: remove it")
 	}
 	switch c.Console {
 	case ConsoleStdio, ConsoleNone:
 	case ConsoleFile:
 		if c.ConsolePath == "" {
-			return invalid("--console file: needs a path, e.g. --console file:/tmp/console.log")
+			return fieldError("ConsolePath", "", "a file console needs the path of its file")
 		}
 	default:
-		return invalid("--console %q: use stdio, file:PATH or none", c.Console)
+		return fieldError("Console", string(c.Console), "use stdio, file:PATH or none")
 	}
 	switch c.Accel {
 	case AccelAuto, AccelKVM, AccelTCG:
 	default:
-		return invalid("--accel %q: use auto, kvm or tcg", c.Accel)
+		return fieldError("Accel", string(c.Accel), "use auto, kvm or tcg")
 	}
 	switch c.OnReboot {
 	case RebootExit, RebootRestart:
 	default:
-		return invalid("--on-reboot %q: use exit or restart", c.OnReboot)
+		return fieldError("OnReboot", string(c.OnReboot), "use exit or restart")
 	}
 	switch c.Boot {
 	case BootKernel:
 	case BootFirmware:
 		if c.Kernel != "" || c.Initrd != "" {
-			return invalid("--boot firmware boots the disk's own bootloader: drop --kernel and --initrd (or drop --boot firmware)")
+			return fieldError("Boot", string(c.Boot), "boots the disk's own bootloader, not a kernel: drop the kernel and initrd (or boot the kernel)")
 		}
 		if len(c.Disks) == 0 {
-			return invalid("--boot firmware needs a disk with a bootloader: add --disk PATH")
+			return fieldError("Boot", string(c.Boot), "needs a disk with a bootloader: add one")
 		}
 		if c.Accel == AccelKVM {
-			return invalid("--boot firmware runs on the TCG backend (wisp's KVM VMM has no BIOS): use --accel tcg or auto")
+			return fieldError("Accel", string(c.Accel), "firmware boot runs on the TCG backend (wisp's KVM VMM has no BIOS): use tcg or auto")
 		}
 	default:
-		return invalid("--boot %q: use kernel or firmware", c.Boot)
+		return fieldError("Boot", string(c.Boot), "use kernel or firmware")
 	}
 	return c.validateDevices()
 }
 
-func readableFile(flag, path string) error {
+// readableFile checks that path, the value of field, is a regular file this
+// process can open.
+func readableFile(field, path string) error {
 	st, err := os.Stat(path)
 	if err != nil {
 		if os.IsNotExist(err) {
-			return invalid("%s %s: no such file", flag, path)
+			return &FieldError{Field: field, Value: path, Msg: "no such file", Err: err}
 		}
-		return invalid("%s %s: %v", flag, path, err)
+		return &FieldError{Field: field, Value: path, Msg: err.Error(), Err: err}
 	}
 	if !st.Mode().IsRegular() {
-		return invalid("%s %s: not a regular file", flag, path)
+		return fieldError(field, path, "not a regular file")
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return invalid("%s %s: cannot read: %v", flag, path, err)
+		return &FieldError{Field: field, Value: path, Msg: "cannot read: " + err.Error(), Err: err}
 	}
 	return f.Close()
 }
@@ -187,7 +194,7 @@ func (c Config) CheckBoot() error {
 	}
 	kf, err := memory.MapFile(c.Kernel)
 	if err != nil {
-		return invalid("--kernel %s: %v", c.Kernel, err)
+		return &FieldError{Field: "Kernel", Value: c.Kernel, Msg: err.Error(), Err: err}
 	}
 	defer kf.Close()
 	kernel := kf.Bytes()
@@ -195,7 +202,7 @@ func (c Config) CheckBoot() error {
 	if c.Initrd != "" {
 		f, err := memory.MapFile(c.Initrd)
 		if err != nil {
-			return invalid("--initrd %s: %v", c.Initrd, err)
+			return &FieldError{Field: "Initrd", Value: c.Initrd, Msg: err.Error(), Err: err}
 		}
 		defer f.Close()
 		initrd = f.Bytes()
@@ -209,11 +216,13 @@ func (c Config) CheckBoot() error {
 	case err == nil:
 		return nil
 	case errors.Is(err, boot.ErrInitrdTooLarge):
-		return invalid("--initrd %s (%s) does not fit in --memory %s next to the kernel: give the guest more memory", c.Initrd, FormatSize(uint64(len(initrd))), FormatSize(c.MemoryBytes))
+		return &FieldError{Field: "Initrd", Value: c.Initrd, Err: err,
+			Msg: fmt.Sprintf("its %s does not fit in %s of memory next to the kernel: give the guest more memory", FormatSize(uint64(len(initrd))), FormatSize(c.MemoryBytes))}
 	case errors.Is(err, boot.ErrNoRoom):
-		return invalid("--kernel %s does not fit in --memory %s: give the guest more memory", c.Kernel, FormatSize(c.MemoryBytes))
+		return &FieldError{Field: "Kernel", Value: c.Kernel, Err: err,
+			Msg: fmt.Sprintf("does not fit in %s of memory: give the guest more memory", FormatSize(c.MemoryBytes))}
 	case errors.Is(err, boot.ErrCmdlineTooLong):
-		return invalid("--cmdline: %v", err)
+		return &FieldError{Field: "Cmdline", Msg: err.Error() + ": shorten it", Err: err}
 	}
-	return invalid("--kernel %s: %v", c.Kernel, err)
+	return &FieldError{Field: "Kernel", Value: c.Kernel, Msg: err.Error(), Err: err}
 }
