@@ -55,11 +55,11 @@ func run(args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintf(stderr, "wisp: %v\n", ee.err)
+			fmt.Fprintf(stderr, "wisp: %s\n", cliMessage(ee.err))
 		}
 		return ee.code
 	}
-	fmt.Fprintf(stderr, "wisp: %v\n", err)
+	fmt.Fprintf(stderr, "wisp: %s\n", cliMessage(err))
 	if errors.Is(err, vmm.ErrInvalidConfig) || isUsageError(err) {
 		return vmm.CodeUsage
 	}

@@ -213,8 +213,8 @@ func TestBootFirmwareFromDisk(t *testing.T) {
 
 	r = wisp(t, "", "run", "--boot", "firmware", "--", "true")
 	assert.Equal(t, 2, r.code)
-	assert.Contains(t, r.stderr, "add --disk PATH")
+	assert.Contains(t, r.stderr, "--boot firmware: needs a disk with a bootloader")
 	r = wisp(t, "", "run", "--boot", "firmware", "--accel", "kvm", "--disk", img)
 	assert.Equal(t, 2, r.code)
-	assert.Contains(t, r.stderr, "use --accel tcg or auto")
+	assert.Contains(t, r.stderr, "--accel kvm: firmware boot runs on the TCG backend")
 }
