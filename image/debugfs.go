@@ -222,7 +222,13 @@ func parseList(out []byte) []dirEntry {
 		if err != nil {
 			continue
 		}
-		size, _ := strconv.ParseInt(f[6], 10, 64)
+		// Directories print no size; anything else must be a size.
+		var size int64
+		if f[6] != "" {
+			if size, err = strconv.ParseInt(f[6], 10, 64); err != nil || size < 0 {
+				continue
+			}
+		}
 		entries = append(entries, dirEntry{Name: name, Mode: uint32(mode), Size: size})
 	}
 	return entries
