@@ -55,6 +55,16 @@ test: deps build
 	$(GO) vet ./...
 	$(GO) build -o bin/report ./test/report
 	set -o pipefail; $(GO) test -json -count=1 -timeout 80m ./... 2>&1 | tee bin/test.json | ./bin/report
+	FUZZTIME=$(FUZZTIME_SHORT) GO=$(GO) ./test/fuzz/run.sh
+
+# fuzz runs every fuzz target in the repo for FUZZTIME each and stops at
+# the first crash (its input lands in the package's testdata/fuzz/); test
+# runs each for FUZZTIME_SHORT, so a broken harness fails there too.
+.PHONY: fuzz
+FUZZTIME       ?= 30s
+FUZZTIME_SHORT ?= 4s
+fuzz:
+	FUZZTIME=$(FUZZTIME) GO=$(GO) ./test/fuzz/run.sh
 
 test-short: build
 	$(GO) test -short -count=1 ./...
