@@ -301,7 +301,7 @@ func TestClientErrors(t *testing.T) {
 		{name: "logs of unknown vm", call: func(ctx context.Context) error { return c.Logs(ctx, "nope", false, -1, io.Discard) },
 			sentinel: model.ErrNotFound, status: 404, code: "not_found"},
 		{name: "console of a stopped vm", call: func(ctx context.Context) error { _, err := c.Console(ctx, "taken", true); return err },
-			sentinel: model.ErrConflict, status: 409, code: "conflict", message: "cannot console: vm taken is stopped"},
+			sentinel: model.ErrConflict, status: 409, code: "conflict", message: "vm taken is stopped: it has a console while it runs (start it first)"},
 		{name: "console of unknown vm", call: func(ctx context.Context) error { _, err := c.Console(ctx, "nope", false); return err },
 			sentinel: model.ErrNotFound, status: 404, code: "not_found"},
 	}
