@@ -11,12 +11,13 @@ import (
 	"github.com/wisp-vmm/wisp/guest"
 )
 
-// linuxTestFiles gathers what test/kvm's Linux test boots inside the nested
-// VM, where nothing can be built: the minimal kernel's vmlinux and the
-// default initramfs made for it. Under -short it uses them only if they are
+// linuxTestFiles gathers what test/kvm's Linux tests use inside the nested
+// VM, where nothing can be built: the minimal kernel's vmlinux, the
+// default initramfs made for it, and the wisp binary (the agent's VMM
+// processes run it). Under -short it uses them only if they are
 // already cached. It returns "" (and says why) when they cannot be had; the
 // Linux test then skips inside, printing its own reason.
-func linuxTestFiles(ctx context.Context, t *testing.T, work string) string {
+func linuxTestFiles(ctx context.Context, t *testing.T, work, gotool, root string) string {
 	kit := &guest.Kit{CacheDir: guest.DefaultCacheDir(), Progress: os.Stderr}
 	var (
 		k   *guest.Kernel
@@ -41,6 +42,9 @@ func linuxTestFiles(ctx context.Context, t *testing.T, work string) string {
 		if err := copyFile(src, filepath.Join(dir, dst)); err != nil {
 			t.Fatalf("test files: %v", err)
 		}
+	}
+	if err := BuildStatic(ctx, gotool, root, "./cmd/wisp", filepath.Join(dir, "bin", "wisp")); err != nil {
+		t.Fatalf("test files: %v", err)
 	}
 	return dir
 }

@@ -55,7 +55,7 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 			patterns = append(patterns, p.Pattern)
 		}
 	}
-	sources, err := SourceFiles(ctx, gotool, root, append(patterns, "./test/nested/nestinit"))
+	sources, err := SourceFiles(ctx, gotool, root, append(patterns, "./test/nested/nestinit", "./cmd/wisp"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 	}
 	work := t.TempDir()
 	if cfg.TestFiles == "" {
-		cfg.TestFiles = linuxTestFiles(ctx, t, work)
+		cfg.TestFiles = linuxTestFiles(ctx, t, work, gotool, root)
 	}
 	ird := NewInitramfs()
 	plan := protocol.Plan{Env: innerEnv(cfg)}
