@@ -13,7 +13,11 @@
 // Then images (image.go): build time cold and cached, and time to the login
 // prompt of the built image against bare QEMU.
 //
-//	go run ./test/bench [-n 5] [-wisp bin/wisp] [-kvm-only] [-devices-only] [-image-only [-cold-build=false]]
+// Then the host agent (agent.go): its start-up, API latency with 100 VMs
+// defined, VMs started per second until the host is full, and the memory
+// of the agent and of one VM's VMM processes.
+//
+//	go run ./test/bench [-n 5] [-wisp bin/wisp] [-kvm-only] [-devices-only] [-image-only [-cold-build=false]] [-agent-only]
 package main
 
 import (
@@ -58,7 +62,19 @@ func main() {
 	devicesOnly := flag.Bool("devices-only", false, "only the disk and network comparison")
 	imageOnly := flag.Bool("image-only", false, "only the image build and boot-to-login comparison")
 	coldBuild := flag.Bool("cold-build", true, "time one image build from scratch (--no-cache) too")
+	agentOnly := flag.Bool("agent-only", false, "only the host agent's numbers (wisp agent driven through package client)")
 	flag.Parse()
+	if *agentOnly {
+		bin, err := filepath.Abs(*wispBin)
+		if err == nil {
+			err = agentBench(context.Background(), *n, bin)
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *imageOnly {
 		qemu, err := exec.LookPath("qemu-system-x86_64")
 		if err == nil {
@@ -149,6 +165,9 @@ func bench(n int, wispBin string, kvmOnly, devicesOnly bool) error {
 	}
 	if err := probeTime(wispBin, n); err != nil {
 		return err
+	}
+	if err := agentBench(ctx, n, wispBin); err != nil {
+		return fmt.Errorf("agent bench: %w", err)
 	}
 	return kvmBench(ctx, n, wispBin, minimal, minimalInitrd)
 }
