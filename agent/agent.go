@@ -62,6 +62,9 @@ type Config struct {
 	// Interval is how often the reconcile loop looks at every VM even
 	// when nothing asked it to. Default: 2s.
 	Interval time.Duration
+	// Now is the clock schedules and cost read. Default: time.Now; tests
+	// inject one.
+	Now func() time.Time
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -102,6 +105,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Interval == 0 {
 		c.Interval = 2 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 	return c, nil
 }
@@ -154,6 +160,9 @@ func (a *Agent) Close() error {
 	a.mu.Unlock()
 	return a.store.Close()
 }
+
+// now is the agent's clock.
+func (a *Agent) now() time.Time { return a.cfg.Now() }
 
 // Store is the agent's store, for the policies built on it.
 func (a *Agent) Store() *store.Store { return a.store }

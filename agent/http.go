@@ -170,6 +170,8 @@ func (a *Agent) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/events", h.events)
 	mux.HandleFunc("GET /v1/host", h.host)
 	mux.HandleFunc("GET /openapi.json", h.openapi)
+	h.scheduleRoutes(mux)
+	h.costRoutes(mux)
 	return &middleware{log: a.log, mux: mux}
 }
 

@@ -79,6 +79,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var loops sync.WaitGroup
 	defer loops.Wait()
 	for {
+		a.runPolicies(ctx)
 		a.reconcileAll(ctx, &loops)
 		select {
 		case <-ctx.Done():
