@@ -3,6 +3,7 @@ module github.com/wisp-vmm/wisp
 go 1.26.0
 
 require (
+	github.com/arran4/golang-ical v0.3.4
 	github.com/containers/gvisor-tap-vsock v0.8.9
 	github.com/diskfs/go-diskfs v1.9.4
 	github.com/getkin/kin-openapi v0.153.0
@@ -10,6 +11,7 @@ require (
 	github.com/klauspost/compress v1.20.4
 	github.com/miekg/dns v1.1.72
 	github.com/pierrec/lz4/v4 v4.1.26
+	github.com/rickar/cal/v2 v2.1.32
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/spf13/cobra v1.10.2
 	github.com/stretchr/testify v1.12.1
