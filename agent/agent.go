@@ -119,6 +119,9 @@ type Agent struct {
 	store *store.Store
 
 	kick chan struct{} // wakes the reconcile loop
+	// capMu makes capacity decisions (admitting a start, preempting,
+	// bringing held VMs back) one at a time.
+	capMu sync.Mutex
 
 	mu      sync.Mutex
 	workers map[string]*worker // per VM: the one goroutine acting on it

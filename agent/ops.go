@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/wisp-vmm/wisp/agent/model"
@@ -127,24 +128,41 @@ func (a *Agent) Do(ctx context.Context, name string, op model.Op, opts OpOptions
 	default:
 		return VMInfo{}, &model.FieldError{Field: "op", Msg: fmt.Sprintf("%q is not an operation here", op)}
 	}
+	// Capacity decisions are made one at a time, outside the store's
+	// write transaction (a read inside it could deadlock bbolt).
+	a.capMu.Lock()
+	hold, err := a.admit(name, op)
+	if err != nil {
+		a.capMu.Unlock()
+		return VMInfo{}, err
+	}
 	var want model.Desired
 	vm, err := a.store.UpdateVM(name, func(vm *model.VM) ([]model.Event, error) {
 		d, err := vm.Apply(op)
+		if op == model.OpStop && vm.Held && vm.Runtime == nil {
+			d, err = model.DesiredStopped, nil // it no longer waits for room
+		}
 		if err != nil {
 			return nil, err
-		}
-		if op == model.OpStart || op == model.OpRestart {
-			if err := a.fits(vm); err != nil {
-				return nil, err
-			}
 		}
 		want = d
 		vm.Stop = &model.StopRequest{Force: opts.Force, TimeoutSeconds: opts.Timeout.Seconds()}
 		if op == model.OpRestart {
 			vm.RestartPending = true
 		}
-		return vm.SetDesired(d, "user: "+string(op)), nil
+		switch {
+		case op == model.OpStart:
+			vm.Held = hold
+		case d == model.DesiredStopped:
+			vm.Held = false
+		}
+		reason := "user: " + string(op)
+		if hold {
+			reason += " (waiting for capacity)"
+		}
+		return vm.SetDesired(d, reason), nil
 	})
+	a.capMu.Unlock()
 	if err != nil {
 		return VMInfo{}, err
 	}
@@ -155,14 +173,36 @@ func (a *Agent) Do(ctx context.Context, name string, op model.Op, opts OpOptions
 	return a.waitFor(ctx, name, op, want)
 }
 
-// fits checks that vm can start next to what the other VMs hold.
-func (a *Agent) fits(vm *model.VM) error {
+// admit decides whether op may start name now: a VM that fits, or fits
+// once lower-ranked best-effort VMs are held back, is admitted; a
+// best-effort VM that cannot fit is admitted held (it runs when room
+// frees); a reserved one is refused, naming what is short. Call it with
+// capMu held.
+func (a *Agent) admit(name string, op model.Op) (hold bool, err error) {
+	if op != model.OpStart {
+		return false, nil
+	}
 	vms, err := a.list()
 	if err != nil {
-		return err
+		return false, err
 	}
-	used := model.Needs(vms, vm.Name)
-	if err := model.Fits(a.cfg.Host, used, vm.Spec); err != nil {
+	i := slices.IndexFunc(vms, func(v model.VM) bool { return v.Name == name })
+	if i < 0 {
+		return false, fmt.Errorf("vm %s: %w", name, model.ErrNotFound)
+	}
+	vm := vms[i]
+	if _, ok := model.PlanPreemption(a.cfg.Host, vms, vm); ok {
+		return false, nil
+	}
+	if vm.Class == model.ClassBestEffort {
+		return true, nil
+	}
+	return false, a.fitsError(vms, vm)
+}
+
+// fitsError says why vm does not fit next to the others, or nil.
+func (a *Agent) fitsError(vms []model.VM, vm model.VM) error {
+	if err := model.Fits(a.cfg.Host, model.Needs(vms, vm.Name), vm.Spec); err != nil {
 		return fmt.Errorf("cannot start vm %s: %w", vm.Name, err)
 	}
 	return nil
@@ -193,6 +233,9 @@ func (a *Agent) waitFor(ctx context.Context, name string, op model.Op, want mode
 func reached(vm model.VM, op model.Op, want model.Desired) (bool, error) {
 	if vm.RestartPending {
 		return false, nil
+	}
+	if vm.Held && vm.Runtime == nil && want == model.DesiredRunning {
+		return true, nil // queued for capacity: its events say when it starts
 	}
 	if vm.Desired != want {
 		// Someone asked for something else meanwhile; this wait is over.

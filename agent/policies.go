@@ -7,6 +7,7 @@ import "context"
 // states with a reason; the reconcile loop does the rest.
 func (a *Agent) runPolicies(ctx context.Context) {
 	a.runSchedules(ctx)
+	a.releaseHeld()
 }
 
 // runSchedules applies the schedules that came due since the last round.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -25,9 +26,14 @@ const startGrace = 10 * time.Minute
 
 // Crash restarts of an autostart VM: at most crashRestarts within
 // crashWindow, then the agent gives up and leaves it crashed.
+// preemptStopTimeout is how long a preempted guest has to power off.
 const (
-	crashRestarts = 3
-	crashWindow   = 5 * time.Minute
+	crashRestarts      = 3
+	crashWindow        = 5 * time.Minute
+	preemptStopTimeout = 10 * time.Second
+	// startPoll is how often a starting VMM is asked whether its guest
+	// runs yet.
+	startPoll = 25 * time.Millisecond
 )
 
 // worker serialises everything done to one VM.
@@ -151,6 +157,10 @@ func (a *Agent) reconcile(ctx context.Context, name string, w *worker) error {
 	switch vm.Desired {
 	case model.DesiredRunning:
 		switch {
+		case vm.Held && vm.Runtime != nil && vm.Observed != model.ObservedStopping:
+			return a.stop(ctx, vm)
+		case vm.Held:
+			return nil // waits for releaseHeld
 		case vm.Runtime == nil:
 			return a.start(vm)
 		case vm.RestartPending && (vm.Observed == model.ObservedRunning || vm.Observed == model.ObservedPaused):
@@ -184,6 +194,9 @@ func (a *Agent) observe(ctx context.Context, name string, w *worker) (model.VM, 
 		return vm, err
 	}
 	obs, reason, rt, ended := a.look(ctx, vm)
+	if !ended && obs == vm.Observed && reason == vm.Reason && reflect.DeepEqual(rt, vm.Runtime) {
+		return vm, nil // nothing new: no write (an idle host costs no I/O)
+	}
 	return a.store.UpdateVM(name, func(vm *model.VM) ([]model.Event, error) {
 		vm.Runtime = rt
 		evs := vm.SetObserved(obs, reason)
@@ -196,6 +209,8 @@ func (a *Agent) observe(ctx context.Context, name string, w *worker) (model.VM, 
 			vm.RestartPending = false
 			evs = append(evs, vm.SetDesired(model.DesiredRunning, "restart")...)
 		case vm.Desired == model.DesiredStopped:
+		case vm.Held:
+			vm.Reason = "held back for capacity: " + vm.Reason // wanted again once it fits
 		case obs == model.ObservedCrashed && vm.Autostart && w.allowRestart(time.Now()):
 			evs = append(evs, model.Event{VM: vm.Name, Kind: model.EventDesired, From: string(vm.Desired), To: string(model.DesiredRunning), Reason: "autostart: starting again after a crash", CPUs: vm.Spec.CPUs, MemoryBytes: vm.Spec.MemoryBytes})
 			vm.Desired = model.DesiredRunning
@@ -286,11 +301,36 @@ func runningReason(st api.Status) string {
 
 // start spawns vm's VMM process, if the host has room for it.
 func (a *Agent) start(vm model.VM) error {
-	if err := a.fits(&vm); err != nil {
+	a.capMu.Lock()
+	defer a.capMu.Unlock()
+	vms, err := a.list()
+	if err != nil {
+		return err
+	}
+	victims, ok := model.PlanPreemption(a.cfg.Host, vms, vm)
+	switch {
+	case !ok && vm.Class == model.ClassBestEffort:
+		return a.hold(vm.Name, "waiting for capacity: "+a.fitsError(vms, vm).Error())
+	case !ok:
+		err := a.fitsError(vms, vm)
 		_, uerr := a.store.UpdateVM(vm.Name, func(vm *model.VM) ([]model.Event, error) {
 			return vm.SetDesired(model.DesiredStopped, err.Error()), nil
 		})
 		return errors.Join(err, uerr)
+	case len(victims) > 0:
+		// Room is made first; this VM starts in a later round, once the
+		// held VMs' processes are gone.
+		for _, v := range victims {
+			why := fmt.Sprintf("preempted by vm %s (%s, priority %d)", vm.Name, vm.Class, vm.Priority)
+			if err := a.hold(v.Name, why); err != nil {
+				return err
+			}
+			a.log.Info("preempting", "vm", v.Name, "for", vm.Name)
+		}
+		return nil
+	}
+	if err := a.fitsError(vms, vm); err != nil {
+		return nil // held VMs are still stopping; a later round starts it
 	}
 	rt, err := a.spawn(vm)
 	if err != nil {
@@ -308,7 +348,83 @@ func (a *Agent) start(vm model.VM) error {
 		return err
 	}
 	a.log.Info("vm starting", "vm", vm.Name, "pid", rt.PID)
+	go a.watchStart(rt)
 	return nil
+}
+
+// watchStart asks a new VMM often until its guest runs (or the process is
+// gone), then wakes the loop, so a start is seen at once rather than at
+// the next round.
+func (a *Agent) watchStart(rt *model.Runtime) {
+	ctx, cancel := context.WithTimeout(context.Background(), startGrace)
+	defer cancel()
+	c := api.Dial(rt.Socket)
+	tick := time.NewTicker(startPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !alive(rt) {
+			a.wake()
+			return
+		}
+		st, err := c.Status(ctx)
+		if err == nil && st.State != "created" && st.State != "starting" {
+			a.wake()
+			return
+		}
+	}
+}
+
+// hold marks name held back for capacity and records why.
+func (a *Agent) hold(name, why string) error {
+	_, err := a.store.UpdateVM(name, func(vm *model.VM) ([]model.Event, error) {
+		if vm.Held {
+			return nil, nil
+		}
+		vm.Held = true
+		vm.Reason = why
+		// A preempted VM is stopped quickly: it is wanted back, and what
+		// it held is wanted now.
+		vm.Stop = &model.StopRequest{TimeoutSeconds: preemptStopTimeout.Seconds()}
+		return []model.Event{{VM: vm.Name, Kind: model.EventPreempted, From: string(vm.Observed), Reason: why, CPUs: vm.Spec.CPUs, MemoryBytes: vm.Spec.MemoryBytes}}, nil
+	})
+	return err
+}
+
+// releaseHeld brings held VMs back, highest rank first, while they fit.
+func (a *Agent) releaseHeld() {
+	a.capMu.Lock()
+	defer a.capMu.Unlock()
+	vms, err := a.list()
+	if err != nil {
+		a.log.Error("list vms: " + err.Error())
+		return
+	}
+	for _, v := range model.HeldInOrder(vms) {
+		if v.Runtime != nil {
+			continue // still stopping
+		}
+		if model.Fits(a.cfg.Host, model.Needs(vms, v.Name), v.Spec) != nil {
+			continue // a smaller one further down may fit
+		}
+		_, err := a.store.UpdateVM(v.Name, func(vm *model.VM) ([]model.Event, error) {
+			vm.Held = false
+			return []model.Event{{VM: vm.Name, Kind: model.EventPreempted, From: "held", To: string(model.DesiredRunning), Reason: "capacity returned", CPUs: vm.Spec.CPUs, MemoryBytes: vm.Spec.MemoryBytes}}, nil
+		})
+		if err != nil {
+			a.log.Warn("release held vm: "+err.Error(), "vm", v.Name)
+			continue
+		}
+		for i := range vms {
+			if vms[i].Name == v.Name {
+				vms[i].Held = false // it counts from now on
+			}
+		}
+	}
 }
 
 // stop asks vm's VMM to stop the way the last request said and waits for

@@ -26,6 +26,9 @@ func holdsResources(v VM) bool {
 	case ObservedStarting, ObservedRunning, ObservedPaused, ObservedStopping:
 		return true
 	}
+	if v.Held {
+		return false // waiting for room, not in it
+	}
 	return v.Desired == DesiredRunning || v.Desired == DesiredPaused
 }
 

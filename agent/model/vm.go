@@ -31,6 +31,11 @@ type VM struct {
 	// RestartPending: a restart asked for; the agent stops the VM, clears
 	// it, and starts the VM again.
 	RestartPending bool `json:"restart_pending,omitempty"`
+	// Held: wanted running but held back for capacity, preempted by a VM
+	// that comes first or waiting for room (a best-effort VM). The agent
+	// stops a held VM that runs and starts it again, in priority order,
+	// once it fits.
+	Held bool `json:"held,omitempty"`
 }
 
 // StopRequest is how to stop a VM.

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wisp-vmm/wisp/agent"
+	"github.com/wisp-vmm/wisp/vmm"
 )
 
 func newAgentCommand(c *cli) *cobra.Command {
@@ -42,7 +43,30 @@ stops; a new agent adopts them. After a host boot it starts the VMs marked
 	fl.StringVar(&cfg.Socket, "socket", "", "the API's unix socket (default RUN-DIR/agent.sock)")
 	fl.StringVar(&cfg.Group, "group", agent.DefaultGroup, "group that may use the socket")
 	fl.DurationVar(&cfg.Interval, "interval", 2*time.Second, "how often every VM is looked at when nothing else asks")
+	fl.IntVar(&cfg.Host.CPUs, "host-cpus", 0, "CPUs the VMs may use (default: all of the host's)")
+	fl.Var(sizeFlag{&cfg.Host.MemoryBytes}, "host-memory", "memory the VMs may use, e.g. 16G (default: all of the host's)")
 	fl.Float64Var(&cfg.Host.CPUOvercommit, "cpu-overcommit", agent.DefaultCPUOvercommit, "vCPUs each host CPU may carry (memory is never overcommitted)")
 	fl.BoolVar(&debug, "debug", false, "log every request and state change")
 	return cmd
 }
+
+// sizeFlag reads a size such as 16G into a byte count.
+type sizeFlag struct{ bytes *uint64 }
+
+func (f sizeFlag) String() string {
+	if f.bytes == nil || *f.bytes == 0 {
+		return ""
+	}
+	return vmm.FormatSize(*f.bytes)
+}
+
+func (f sizeFlag) Set(s string) error {
+	n, err := vmm.ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*f.bytes = n
+	return nil
+}
+
+func (sizeFlag) Type() string { return "size" }

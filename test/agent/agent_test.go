@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,6 +63,7 @@ func requireQEMU(t *testing.T) {
 // host is one agent's directories; an agent process comes and goes on it.
 type host struct {
 	state, run, socket string
+	args               []string // extra agent flags
 	proc               *exec.Cmd
 	log                *testutil.SyncBuffer
 	c                  *client.Client
@@ -83,7 +85,7 @@ func newHost(t *testing.T) *host {
 func (h *host) start(t *testing.T) {
 	t.Helper()
 	h.log = &testutil.SyncBuffer{}
-	h.proc = exec.Command(wispBin, "agent", "--state-dir", h.state, "--run-dir", h.run, "--socket", h.socket, "--interval", "500ms", "--debug")
+	h.proc = exec.Command(wispBin, append([]string{"agent", "--state-dir", h.state, "--run-dir", h.run, "--socket", h.socket, "--interval", "500ms", "--debug"}, h.args...)...)
 	h.proc.Stdout, h.proc.Stderr = h.log, h.log
 	require.NoError(t, h.proc.Start())
 	deadline := time.Now().Add(30 * time.Second)
@@ -548,4 +550,51 @@ func wispCLI(t *testing.T, h *host, args ...string) string {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "wisp %s: %s", strings.Join(args, " "), out)
 	return string(out)
+}
+
+// TestAgentPreemption: a host full of best-effort VMs; a reserved VM
+// starts and the lowest priority is held back (stopped, still wanted);
+// when the reserved VM stops, it comes back. A best-effort VM that cannot
+// fit waits rather than being refused.
+func TestAgentPreemption(t *testing.T) {
+	requireQEMU(t)
+	h := newHost(t)
+	h.args = []string{"--host-memory", "640M"}
+	h.start(t)
+	for i, name := range []string{"low", "mid", "high"} {
+		prio := i + 1
+		h.create(t, name, func(r *agent.CreateRequest) { r.Class = model.ClassBestEffort; r.Priority = prio })
+		h.do(t, name, model.OpStart, agent.OpOptions{})
+	}
+	h.create(t, "db", nil) // reserved, priority 0: still comes first
+	vm := h.do(t, "db", model.OpStart, agent.OpOptions{})
+	assert.Equal(t, model.ObservedRunning, vm.Observed)
+
+	low := h.waitObserved(t, "low", model.ObservedStopped)
+	assert.True(t, low.Held)
+	assert.Equal(t, model.DesiredRunning, low.Desired, "a preempted VM is still wanted")
+	assert.Equal(t, model.ObservedRunning, h.get(t, "mid").Observed)
+	assert.Equal(t, model.ObservedRunning, h.get(t, "high").Observed)
+	evs, err := h.c.Events(ctxFor(t, time.Minute), store.EventQuery{VM: "low"})
+	require.NoError(t, err)
+	assert.True(t, slices.ContainsFunc(evs, func(e model.Event) bool {
+		return e.Kind == model.EventPreempted && strings.Contains(e.Reason, "preempted by vm db")
+	}), "low's history says why it stopped: %+v", evs)
+
+	// A best-effort VM of the lowest priority waits for room.
+	h.create(t, "batch", func(r *agent.CreateRequest) { r.Class = model.ClassBestEffort })
+	vm = h.do(t, "batch", model.OpStart, agent.OpOptions{})
+	assert.True(t, vm.Held)
+	assert.Equal(t, model.ObservedStopped, vm.Observed)
+
+	// The reserved VM goes: the preempted VM comes back first (priority
+	// 1 over batch's 0), and batch still waits.
+	h.do(t, "db", model.OpStop, agent.OpOptions{Force: true})
+	low = h.waitObserved(t, "low", model.ObservedRunning)
+	assert.False(t, low.Held)
+	assert.True(t, h.get(t, "batch").Held)
+	// Cancelling the wait is a stop.
+	vm = h.do(t, "batch", model.OpStop, agent.OpOptions{})
+	assert.False(t, vm.Held)
+	assert.Equal(t, model.DesiredStopped, vm.Desired)
 }
