@@ -202,6 +202,10 @@ type CreateRequest struct {
 	Class     string            `json:"class,omitempty"`
 	// Start asks for the VM to be started once created.
 	Start bool `json:"start,omitempty"`
+	// LeaseFrom and LeaseUntil: the VM runs only within this window (the
+	// agent starts and stops it at its ends).
+	LeaseFrom  *time.Time `json:"lease_from,omitempty"`
+	LeaseUntil *time.Time `json:"lease_until,omitempty"`
 }
 
 // OpOptions tune an operation.

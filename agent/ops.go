@@ -57,10 +57,13 @@ func (a *Agent) Create(ctx context.Context, req CreateRequest) (VMInfo, error) {
 	default:
 		return VMInfo{}, &model.FieldError{Field: "class", Msg: fmt.Sprintf("%q: use %s or %s", class, model.ClassReserved, model.ClassBestEffort)}
 	}
+	if req.LeaseFrom != nil && req.LeaseUntil != nil && !req.LeaseUntil.After(*req.LeaseFrom) {
+		return VMInfo{}, &model.FieldError{Field: "lease_until", Msg: "must be after lease_from"}
+	}
 	vm := model.VM{
 		Name: req.Name, Spec: req.Spec, Desired: model.DesiredStopped, Observed: model.ObservedStopped,
 		Autostart: req.Autostart, Labels: req.Labels, Priority: req.Priority, Class: class,
-		CreatedAt: time.Now().UTC(),
+		CreatedAt: a.now().UTC(), LeaseFrom: req.LeaseFrom, LeaseUntil: req.LeaseUntil,
 	}
 	if err := a.store.CreateVM(vm, model.Event{Kind: model.EventCreated, To: string(model.ObservedStopped), Reason: "created"}); err != nil {
 		return VMInfo{}, err
@@ -191,6 +194,9 @@ func (a *Agent) admit(name string, op model.Op) (hold bool, err error) {
 		return false, fmt.Errorf("vm %s: %w", name, model.ErrNotFound)
 	}
 	vm := vms[i]
+	if now := a.now(); !vm.InLease(now) {
+		return false, conflictf("vm %s may run only within its lease (%s): it is %s", name, leaseText(vm), now.UTC().Format(time.RFC3339))
+	}
 	if _, ok := model.PlanPreemption(a.cfg.Host, vms, vm); ok {
 		return false, nil
 	}
@@ -368,4 +374,15 @@ func (e *conflictError) Is(target error) bool { return target == model.ErrConfli
 
 func conflictf(format string, args ...any) error {
 	return &conflictError{msg: fmt.Sprintf(format, args...)}
+}
+
+func leaseText(vm model.VM) string {
+	from, until := "any time", "no end"
+	if vm.LeaseFrom != nil {
+		from = vm.LeaseFrom.UTC().Format(time.RFC3339)
+	}
+	if vm.LeaseUntil != nil {
+		until = vm.LeaseUntil.UTC().Format(time.RFC3339)
+	}
+	return "from " + from + " until " + until
 }

@@ -36,6 +36,23 @@ type VM struct {
 	// stops a held VM that runs and starts it again, in priority order,
 	// once it fits.
 	Held bool `json:"held,omitempty"`
+	// LeaseFrom and LeaseUntil bound when the VM may run: the agent
+	// starts it at LeaseFrom, stops it at LeaseUntil, and refuses a start
+	// outside the window.
+	LeaseFrom  *time.Time `json:"lease_from,omitempty"`
+	LeaseUntil *time.Time `json:"lease_until,omitempty"`
+	// LeaseStarted: the lease's start was applied (once, so a user's stop
+	// within the window holds).
+	LeaseStarted bool `json:"lease_started,omitempty"`
+}
+
+// InLease reports whether t falls in v's lease window (always, without
+// one).
+func (v VM) InLease(t time.Time) bool {
+	if v.LeaseFrom != nil && t.Before(*v.LeaseFrom) {
+		return false
+	}
+	return v.LeaseUntil == nil || t.Before(*v.LeaseUntil)
 }
 
 // StopRequest is how to stop a VM.

@@ -62,6 +62,7 @@ func newVMCreateCommand(c *cli, af *agentFlags) *cobra.Command {
 	var f runFlags
 	var req agent.CreateRequest
 	var labels []string
+	var from, until string
 	cmd := &cobra.Command{
 		Use:   "create NAME [flags] [-- CMD ARGS...]",
 		Short: "Define a VM (the same flags as wisp run); --start starts it too",
@@ -85,6 +86,12 @@ func newVMCreateCommand(c *cli, af *agentFlags) *cobra.Command {
 			if req.Labels, err = parseLabels(labels); err != nil {
 				return err
 			}
+			if req.LeaseFrom, err = parseTime("--from", from); err != nil {
+				return err
+			}
+			if req.LeaseUntil, err = parseTime("--until", until); err != nil {
+				return err
+			}
 			vm, err := af.client().Create(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -99,7 +106,22 @@ func newVMCreateCommand(c *cli, af *agentFlags) *cobra.Command {
 	fl.IntVar(&req.Priority, "priority", 0, "the VM's priority (higher wins when the host is full)")
 	fl.StringVar(&req.Class, "class", model.ClassReserved, "reserved (must run when desired) or best-effort")
 	fl.StringArrayVar(&labels, "label", nil, "KEY=VALUE label; repeatable")
+	fl.StringVar(&from, "from", "", "a lease: start the VM at this time (2026-12-24T08:00, local, or RFC 3339)")
+	fl.StringVar(&until, "until", "", "a lease: stop the VM at this time, and refuse to start it after")
 	return cmd
+}
+
+// parseTime reads a lease time: RFC 3339, or a local date and time.
+func parseTime(flag, s string) (*time.Time, error) {
+	if s == "" {
+		return nil, nil
+	}
+	for _, layout := range []string{time.RFC3339, "2006-01-02T15:04", "2006-01-02 15:04", "2006-01-02"} {
+		if t, err := time.ParseInLocation(layout, s, time.Local); err == nil {
+			return &t, nil
+		}
+	}
+	return nil, vmm.Invalidf("%s %q: want a time like 2026-12-24T08:00 (local) or 2026-12-24T08:00:00Z", flag, s)
 }
 
 func parseLabels(kvs []string) (map[string]string, error) {
@@ -274,6 +296,12 @@ func printVM(w io.Writer, vm agent.VMInfo, asJSON bool) error {
 		row("command", "%s", strings.Join(vm.Spec.Command, " "))
 	}
 	row("autostart", "%t", vm.Autostart)
+	if vm.LeaseFrom != nil || vm.LeaseUntil != nil {
+		row("lease", "%s", leaseWindow(vm.LeaseFrom, vm.LeaseUntil))
+	}
+	if vm.Held {
+		row("held", "waiting for capacity")
+	}
 	row("priority", "%d (%s)", vm.Priority, vm.Class)
 	for _, k := range slices.Sorted(maps.Keys(vm.Labels)) {
 		row("label", "%s=%s", k, vm.Labels[k])
@@ -456,4 +484,15 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func leaseWindow(from, until *time.Time) string {
+	f, u := "now", "no end"
+	if from != nil {
+		f = from.Local().Format(time.DateTime)
+	}
+	if until != nil {
+		u = until.Local().Format(time.DateTime)
+	}
+	return f + " → " + u
 }
