@@ -62,7 +62,7 @@ test: deps build
 # runs each for FUZZTIME_SHORT, so a broken harness fails there too.
 .PHONY: fuzz
 FUZZTIME       ?= 30s
-FUZZTIME_SHORT ?= 4s
+FUZZTIME_SHORT ?= 3s
 fuzz:
 	FUZZTIME=$(FUZZTIME) GO=$(GO) ./test/fuzz/run.sh
 

@@ -36,6 +36,16 @@ for pkg in "${pkgs[@]}"; do
 	for t in "${targets[@]}"; do
 		echo "fuzz: $pkg $t for $FUZZTIME"
 		if ! $GO test -run "^$t\$" -fuzz "^$t\$" -fuzztime "$FUZZTIME" "$pkg" >"$log" 2>&1; then
+			# Go 1.26's coordinator can fail a run with a bare "context
+			# deadline exceeded" when -fuzztime ends while a worker is busy
+			# (go.dev/issue/75804, fixed in Go 1.27); it writes no input.
+			# Everything else, and anything that wrote an input, fails.
+			if grep -qxE '[[:space:]]*context deadline exceeded' "$log" &&
+				! grep -q 'Failing input written to' "$log"; then
+				echo "fuzz: $pkg $t: the fuzzing deadline raced a worker (go.dev/issue/75804), no failing input; counted as passed"
+				count=$((count + 1))
+				continue
+			fi
 			cat "$log"
 			echo "fuzz: FAIL $pkg $t (the failing input is under $pkg/testdata/fuzz/$t/)" >&2
 			exit 1
