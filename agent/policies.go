@@ -47,6 +47,3 @@ func (a *Agent) applyLeases() {
 		}
 	}
 }
-
-// runSchedules applies the schedules that came due since the last round.
-func (a *Agent) runSchedules(ctx context.Context) {}
