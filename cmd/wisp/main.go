@@ -103,6 +103,7 @@ func newRootCommand(c *cli) *cobra.Command {
 		return &usageError{err}
 	})
 	root.AddCommand(newRunCommand(c), newDoctorCommand(c), newKernelCommand(c), newImageCommand(c), newAgentCommand(c), newVMCommand(c))
+	root.AddCommand(newScheduleCommand(c))
 	return root
 }
 
