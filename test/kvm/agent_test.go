@@ -77,15 +77,54 @@ func TestAgentOnKVM(t *testing.T) {
 		CPUs: 1, MemoryBytes: 128 << 20, Accel: "kvm",
 	}})
 	require.NoError(t, err)
-	vm, err := c.Start(op, "kvm1", agent.OpOptions{})
-	require.NoError(t, err)
-	require.Equal(t, model.ObservedRunning, vm.Observed, vm.Reason)
-	assert.Equal(t, "kvm", vm.Runtime.Backend)
+	var vm agent.VMInfo
+	for attempt := 1; ; attempt++ {
+		vm, err = c.Start(op, "kvm1", agent.OpOptions{})
+		require.NoError(t, err)
+		require.Equal(t, model.ObservedRunning, vm.Observed, vm.Reason)
+		assert.Equal(t, "kvm", vm.Runtime.Backend)
+		out, ok := shellAnswers(t, op, c, "kvm1")
+		if ok {
+			break
+		}
+		// The console ended: wait for the agent to see how the VM did.
+		for range 200 {
+			vm, err = c.Get(op, "kvm1")
+			require.NoError(t, err)
+			if vm.Runtime == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		// Under nested SVM emulated by QEMU's TCG a guest now and then
+		// resets early (see TestMinimalLinuxOnKVM): one more boot there.
+		if attempt == 1 && os.Getenv("WISP_NESTED_INSIDE") == "1" && strings.Contains(vm.Reason, "reset") {
+			t.Logf("nested KVM: the guest reset before its shell answered (%s); booting once more. Its console:\n%s", vm.Reason, out)
+			continue
+		}
+		t.Fatalf("the guest's shell never answered; vm %s (%s); console:\n%s", vm.Observed, vm.Reason, out)
+	}
 
-	// The shell answers on the console once init runs (and listens for
-	// the power button from then on).
-	conn, err := c.Console(op, "kvm1", true)
+	vm, err = c.Pause(op, "kvm1", agent.OpOptions{})
 	require.NoError(t, err)
+	assert.Equal(t, model.ObservedPaused, vm.Observed)
+	vm, err = c.Resume(op, "kvm1", agent.OpOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, model.ObservedRunning, vm.Observed)
+	vm, err = c.Stop(op, "kvm1", agent.OpOptions{Timeout: 2 * time.Minute})
+	require.NoError(t, err)
+	assert.Equal(t, model.ObservedStopped, vm.Observed)
+	assert.Contains(t, vm.Reason, "guest powered off", "the guest heard the power button")
+	require.NoError(t, c.Delete(op, "kvm1", false))
+}
+
+// shellAnswers types a command into name's console until the guest's shell
+// answers, and reports whether it did (the console ends if the VM does).
+func shellAnswers(t *testing.T, ctx context.Context, c *client.Client, name string) (string, bool) {
+	t.Helper()
+	conn, err := c.Console(ctx, name, true)
+	require.NoError(t, err)
+	defer conn.Close()
 	seen := make(chan string, 1)
 	go func() {
 		var all strings.Builder
@@ -99,29 +138,16 @@ func TestAgentOnKVM(t *testing.T) {
 			}
 		}
 	}()
-	for answered := false; !answered; {
-		_, err := conn.Write([]byte("echo kvm-ok-$((6*7))\n"))
-		require.NoError(t, err)
+	for {
+		if _, err := conn.Write([]byte("echo kvm-ok-$((6*7))\n")); err != nil {
+			return <-seen, false
+		}
 		select {
 		case out := <-seen:
-			require.Contains(t, out, "kvm-ok-42")
-			answered = true
+			return out, strings.Contains(out, "kvm-ok-42")
 		case <-time.After(3 * time.Second):
-		case <-op.Done():
-			t.Fatal("the guest's shell never answered")
+		case <-ctx.Done():
+			return "", false
 		}
 	}
-	conn.Close()
-
-	vm, err = c.Pause(op, "kvm1", agent.OpOptions{})
-	require.NoError(t, err)
-	assert.Equal(t, model.ObservedPaused, vm.Observed)
-	vm, err = c.Resume(op, "kvm1", agent.OpOptions{})
-	require.NoError(t, err)
-	assert.Equal(t, model.ObservedRunning, vm.Observed)
-	vm, err = c.Stop(op, "kvm1", agent.OpOptions{Timeout: 2 * time.Minute})
-	require.NoError(t, err)
-	assert.Equal(t, model.ObservedStopped, vm.Observed)
-	assert.Contains(t, vm.Reason, "guest powered off", "the guest heard the power button")
-	require.NoError(t, c.Delete(op, "kvm1", false))
 }
