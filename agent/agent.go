@@ -218,6 +218,8 @@ type OpOptions struct {
 	// NoWait returns once the desired state is recorded, before the VM
 	// got there.
 	NoWait bool
+	// Reason is who asked, for the ledger. Empty: "user: OP".
+	Reason string
 }
 
 // HostInfo is what the host has and what its VMs hold.

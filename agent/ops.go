@@ -159,7 +159,10 @@ func (a *Agent) Do(ctx context.Context, name string, op model.Op, opts OpOptions
 		case d == model.DesiredStopped:
 			vm.Held = false
 		}
-		reason := "user: " + string(op)
+		reason := opts.Reason
+		if reason == "" {
+			reason = "user: " + string(op)
+		}
 		if hold {
 			reason += " (waiting for capacity)"
 		}

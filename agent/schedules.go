@@ -289,7 +289,7 @@ func (a *Agent) applyScheduled(ctx context.Context, name string, op model.Op, re
 	if op == model.OpStart {
 		// A start needs the capacity decision (and leases, preemption)
 		// that only Do makes.
-		got, err := a.Do(ctx, name, op, OpOptions{NoWait: true})
+		got, err := a.Do(ctx, name, op, OpOptions{NoWait: true, Reason: reason})
 		if err != nil {
 			return skip(conflictMessage(err))
 		}
