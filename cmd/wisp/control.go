@@ -37,6 +37,7 @@ func (c controller) Status() api.Status {
 	st := api.Status{
 		ID: in.ID, Name: c.name, State: in.State.String(), Backend: string(in.Accel),
 		BackendReason: in.AccelReason, PID: os.Getpid(),
+		NetRxBytes: in.NetRxBytes, NetTxBytes: in.NetTxBytes,
 	}
 	if !in.StartedAt.IsZero() {
 		st.StartedAt = in.StartedAt.UTC()

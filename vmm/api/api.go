@@ -67,6 +67,10 @@ type Status struct {
 	Config json.RawMessage `json:"config"`
 	// Exit is how the guest ended, once it has.
 	Exit *Exit `json:"exit,omitempty"`
+	// NetRxBytes and NetTxBytes are what the VM's NICs received and sent
+	// since the VMM started.
+	NetRxBytes uint64 `json:"net_rx_bytes"`
+	NetTxBytes uint64 `json:"net_tx_bytes"`
 }
 
 // Exit is how a guest ended.

@@ -100,7 +100,7 @@ func TestStatusJSON(t *testing.T) {
 		"id": "vm-1", "name": "web", "state": "running", "backend": "tcg",
 		"backend_reason": "no /dev/kvm", "pid": 4242,
 		"started_at": "2025-03-01T12:00:00Z", "uptime_seconds": 12.5,
-		"config": {"cpus": 2}
+		"config": {"cpus": 2}, "net_rx_bytes": 0, "net_tx_bytes": 0
 	}`, string(r.body))
 
 	vm.mu.Lock()

@@ -79,6 +79,8 @@ type Info struct {
 	Config      vmm.Config
 	// Exit is how the guest ended, once it has.
 	Exit *vmm.ExitStatus
+	// NetRxBytes and NetTxBytes are what the VM's NICs received and sent.
+	NetRxBytes, NetTxBytes uint64
 }
 
 // Errors; test with errors.Is.
@@ -215,7 +217,11 @@ func (m *Machine) State() vmm.State {
 func (m *Machine) Info() Info {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return Info{ID: m.id, State: m.state, Accel: m.accel, AccelReason: m.accelReason, StartedAt: m.startedAt, Config: m.cfg, Exit: m.exit}
+	in := Info{ID: m.id, State: m.state, Accel: m.accel, AccelReason: m.accelReason, StartedAt: m.startedAt, Config: m.cfg, Exit: m.exit}
+	if m.devs != nil {
+		in.NetRxBytes, in.NetTxBytes = m.devs.NetBytes()
+	}
+	return in
 }
 
 // Done is closed once the VM has ended and its devices are released.

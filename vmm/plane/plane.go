@@ -128,6 +128,19 @@ func (p *Plane) openNet(ctx context.Context, n vmm.Net) (vnet.Backend, error) {
 // Devices are the VM's virtio devices in guest order.
 func (p *Plane) Devices() []virtio.Device { return append([]virtio.Device(nil), p.devices...) }
 
+// NetBytes is what the VM's NICs moved so far, received and sent, as
+// seen from the guest (the meter a cost per GB reads).
+func (p *Plane) NetBytes() (rx, tx uint64) {
+	for _, d := range p.devices {
+		if n, ok := d.(*vnet.Device); ok {
+			st := n.Stats()
+			rx += st.RxBytes
+			tx += st.TxBytes
+		}
+	}
+	return rx, tx
+}
+
 // Close closes every device (resetting it first); each device owns its
 // backend (image file, tap, user network) and releases it.
 func (p *Plane) Close() error {
