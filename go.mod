@@ -13,6 +13,7 @@ require (
 	github.com/pierrec/lz4/v4 v4.1.26
 	github.com/rickar/cal/v2 v2.1.32
 	github.com/schollz/progressbar/v3 v3.19.1
+	github.com/shopspring/decimal v1.6.0
 	github.com/spf13/cobra v1.10.2
 	github.com/stretchr/testify v1.12.1
 	github.com/u-root/u-root v0.16.0
