@@ -128,6 +128,9 @@ const (
 	EventResized   = "resized"
 	EventSchedule  = "schedule"  // later
 	EventPreempted = "preempted" // later
+	// EventTraffic: the VM moved TrafficBytes over its NICs (received
+	// plus sent) since the last such event; cost prices it.
+	EventTraffic = "traffic"
 )
 
 // Event is one entry of the ledger. Cost is computed from events, so every
@@ -143,4 +146,6 @@ type Event struct {
 	Reason      string    `json:"reason,omitempty"`
 	CPUs        int       `json:"cpus,omitempty"` // the VM's size when it happened
 	MemoryBytes uint64    `json:"memory_bytes,omitempty"`
+	// TrafficBytes is what a "traffic" event adds to the VM's traffic.
+	TrafficBytes uint64 `json:"traffic_bytes,omitempty"`
 }
