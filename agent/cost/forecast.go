@@ -140,13 +140,20 @@ func ParseWhatIf(s string) (WhatIf, error) {
 			}
 			dates = append(dates, ds)
 		}
-		return WhatIf{Name: s, offFor: func(p Period, _, _ int) []Interval {
-			return daily(p, func(day time.Time) (Interval, bool) {
-				return wholeDay(day), slices.Contains(dates, day.Format(time.DateOnly))
-			})
-		}}, nil
+		return OffDays(s, dates), nil
 	}
 	return bad("unknown what-if; want off-nights=DURATION, half-off-nights=DURATION, off-weekends or off-days=DATE,...")
+}
+
+// OffDays is a what-if that switches every VM off on the dates given
+// (YYYY-MM-DD), whole days in the period's zone: public holidays that a
+// calendar resolved, under the name the user gave.
+func OffDays(name string, dates []string) WhatIf {
+	return WhatIf{Name: name, offFor: func(p Period, _, _ int) []Interval {
+		return daily(p, func(day time.Time) (Interval, bool) {
+			return wholeDay(day), slices.Contains(dates, day.Format(time.DateOnly))
+		})
+	}}
 }
 
 // daily collects fn's interval for every day from the one before the
