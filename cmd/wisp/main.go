@@ -104,6 +104,7 @@ func newRootCommand(c *cli) *cobra.Command {
 	})
 	root.AddCommand(newRunCommand(c), newDoctorCommand(c), newKernelCommand(c), newImageCommand(c), newAgentCommand(c), newVMCommand(c))
 	root.AddCommand(newScheduleCommand(c))
+	root.AddCommand(newCostCommand(c))
 	return root
 }
 
