@@ -62,6 +62,11 @@ type Config struct {
 	// Interval is how often the reconcile loop looks at every VM even
 	// when nothing asked it to. Default: 2s.
 	Interval time.Duration
+	// TrafficInterval is how often a running VM's NIC counters go into
+	// the ledger (one "traffic" event with the bytes since the last):
+	// often enough for a bill, rarely enough that the ledger stays small.
+	// Default: a minute.
+	TrafficInterval time.Duration
 	// Now is the clock schedules and cost read. Default: time.Now; tests
 	// inject one.
 	Now func() time.Time
@@ -108,6 +113,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.TrafficInterval == 0 {
+		c.TrafficInterval = time.Minute
 	}
 	return c, nil
 }

@@ -198,8 +198,13 @@ func (a *Agent) observe(ctx context.Context, name string, w *worker) (model.VM, 
 		return vm, nil // nothing new: no write (an idle host costs no I/O)
 	}
 	return a.store.UpdateVM(name, func(vm *model.VM) ([]model.Event, error) {
+		var evs []model.Event
+		if rt != nil && vm.Runtime != nil && rt.NetMetered > vm.Runtime.NetMetered {
+			evs = append(evs, model.Event{VM: vm.Name, Kind: model.EventTraffic, Reason: "NIC counters",
+				TrafficBytes: rt.NetMetered - vm.Runtime.NetMetered, CPUs: vm.Spec.CPUs, MemoryBytes: vm.Spec.MemoryBytes})
+		}
 		vm.Runtime = rt
-		evs := vm.SetObserved(obs, reason)
+		evs = append(evs, vm.SetObserved(obs, reason)...)
 		if !ended {
 			return evs, nil
 		}
@@ -258,6 +263,7 @@ func (a *Agent) look(ctx context.Context, vm model.VM) (obs model.Observed, reas
 		}
 		next := *rt
 		next.Backend = st.Backend
+		meterTraffic(&next, st.NetRxBytes+st.NetTxBytes, a.now(), a.cfg.TrafficInterval)
 		switch st.State {
 		case "created", "starting":
 			return model.ObservedStarting, "guest starting", &next, false
@@ -454,6 +460,16 @@ func (a *Agent) stop(ctx context.Context, vm model.VM) error {
 	})
 	a.waitExit(sctx, vm.Runtime)
 	return err
+}
+
+// meterTraffic records in rt the NIC counters' total when a traffic event
+// is due (every `every`): the difference from what was metered before is
+// the event.
+func meterTraffic(rt *model.Runtime, total uint64, now time.Time, every time.Duration) {
+	if total <= rt.NetMetered || now.Sub(rt.NetMeteredAt) < every {
+		return
+	}
+	rt.NetMetered, rt.NetMeteredAt = total, now
 }
 
 // waitExit waits until rt's process is gone or ctx ends.

@@ -117,6 +117,10 @@ type Runtime struct {
 	Dir        string    `json:"dir"` // the VM's runtime directory
 	Backend    string    `json:"backend,omitempty"`
 	StartedAt  time.Time `json:"started_at"`
+	// NetMetered is the VMM's NIC byte count (received + sent) as of the
+	// last traffic event, at NetMeteredAt.
+	NetMetered   uint64    `json:"net_metered,omitempty"`
+	NetMeteredAt time.Time `json:"net_metered_at,omitzero"`
 }
 
 // Event kinds.

@@ -46,6 +46,7 @@ stops; a new agent adopts them. After a host boot it starts the VMs marked
 	fl.IntVar(&cfg.Host.CPUs, "host-cpus", 0, "CPUs the VMs may use (default: all of the host's)")
 	fl.Var(sizeFlag{&cfg.Host.MemoryBytes}, "host-memory", "memory the VMs may use, e.g. 16G (default: all of the host's)")
 	fl.Float64Var(&cfg.Host.CPUOvercommit, "cpu-overcommit", agent.DefaultCPUOvercommit, "vCPUs each host CPU may carry (memory is never overcommitted)")
+	fl.DurationVar(&cfg.TrafficInterval, "traffic-interval", time.Minute, "how often running VMs' NIC counters go into the ledger")
 	fl.BoolVar(&debug, "debug", false, "log every request and state change")
 	return cmd
 }

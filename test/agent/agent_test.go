@@ -4,7 +4,6 @@
 package agent_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -202,39 +201,53 @@ func (h *host) waitObserved(t *testing.T, name string, want model.Observed) agen
 	}
 }
 
-// consoleSays types line into name's console and waits for want to come
-// back; it detaches when done.
+// consoleSays types line into name's console once its shell prompts, and
+// waits for want to come back; it detaches when done. (Typing before the
+// prompt races with the shell's line editor, which reads the terminal's
+// answer to its cursor query.)
 func (h *host) consoleSays(t *testing.T, name, line, want string) {
 	t.Helper()
 	ctx := ctxFor(t, 3*time.Minute)
 	conn, err := h.c.Console(ctx, name, true)
 	require.NoError(t, err)
 	defer conn.Close()
-	got := make(chan string, 1)
+	var mu sync.Mutex
+	var seen strings.Builder
+	ended := make(chan struct{})
 	go func() {
-		var seen strings.Builder
-		sc := bufio.NewReader(conn)
+		defer close(ended)
 		buf := make([]byte, 4096)
 		for {
-			n, err := sc.Read(buf)
+			n, err := conn.Read(buf)
+			mu.Lock()
 			seen.Write(buf[:n])
-			if strings.Contains(seen.String(), want) || err != nil {
-				got <- seen.String()
+			mu.Unlock()
+			if err != nil {
 				return
 			}
 		}
 	}()
-	// The shell may still be starting: say it again until it answers.
-	for {
-		_, err := conn.Write([]byte(line + "\n"))
-		require.NoError(t, err)
+	output := func() string { mu.Lock(); defer mu.Unlock(); return seen.String() }
+	// A newline makes a shell that already prompted (before this viewer
+	// came) prompt again.
+	_, err = conn.Write([]byte("\n"))
+	require.NoError(t, err)
+	prompted, typed := false, time.Time{}
+	for !strings.Contains(output(), want) {
+		if !prompted && strings.Contains(output(), "# ") {
+			prompted = true
+		}
+		if prompted && time.Since(typed) > 20*time.Second {
+			_, err := conn.Write([]byte(line + "\n"))
+			require.NoError(t, err)
+			typed = time.Now()
+		}
 		select {
-		case s := <-got:
-			require.Contains(t, s, want)
-			return
-		case <-time.After(2 * time.Second):
+		case <-ended:
+			t.Fatalf("console of %s ended before it said %q:\n%s", name, want, output())
 		case <-ctx.Done():
-			t.Fatalf("console of %s never said %q", name, want)
+			t.Fatalf("console of %s never said %q:\n%s", name, want, output())
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
@@ -597,4 +610,34 @@ func TestAgentPreemption(t *testing.T) {
 	vm = h.do(t, "batch", model.OpStop, agent.OpOptions{})
 	assert.False(t, vm.Held)
 	assert.Equal(t, model.DesiredStopped, vm.Desired)
+}
+
+// TestAgentMetersTraffic: what a VM's NICs move reaches the ledger as
+// traffic events, the meter the cost per GB reads.
+func TestAgentMetersTraffic(t *testing.T) {
+	requireQEMU(t)
+	h := newHost(t)
+	h.args = []string{"--traffic-interval", "500ms"}
+	h.start(t)
+	h.create(t, "chatty", func(r *agent.CreateRequest) { r.Spec.Nets = []string{"user"} })
+	h.do(t, "chatty", model.OpStart, agent.OpOptions{})
+	// DHCP over the user-mode network: a few packets each way.
+	h.consoleSays(t, "chatty", "ip link set eth0 up; udhcpc -i eth0 -n -q -f -s /bin/true >/dev/null 2>&1; echo dhcp-$?", "dhcp-0")
+	deadline := time.Now().Add(time.Minute) // a bound only a stuck meter reaches
+	for {
+		evs, err := h.c.Events(ctxFor(t, time.Minute), store.EventQuery{VM: "chatty"})
+		require.NoError(t, err)
+		var bytes uint64
+		for _, e := range evs {
+			if e.Kind == model.EventTraffic {
+				bytes += e.TrafficBytes
+			}
+		}
+		if bytes > 0 {
+			assert.Greater(t, bytes, uint64(500), "a DHCP exchange moves a few hundred bytes at least")
+			return
+		}
+		require.True(t, time.Now().Before(deadline), "no traffic event: %+v", evs)
+		time.Sleep(200 * time.Millisecond)
+	}
 }
