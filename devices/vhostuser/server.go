@@ -77,8 +77,18 @@ func (s *Server) Serve(ctx context.Context, l *net.UnixListener) error {
 	defer s.serving.Store(false)
 	// When ctx ends, a deadline in the past wakes Accept; Serve then
 	// closes l itself, so the descriptor is gone when Serve returns.
-	stop := context.AfterFunc(ctx, func() { _ = l.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		_ = l.SetDeadline(time.Unix(1, 0))
+	})
+	// Nothing of Serve outlives it: a wake-up already under way is waited
+	// for.
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+	}()
 	for {
 		c, err := l.AcceptUnix()
 		if ctx.Err() != nil {
