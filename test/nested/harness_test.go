@@ -2,6 +2,7 @@ package nested
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -82,6 +83,21 @@ func TestInitramfsRefusesDuplicatesAndDirectories(t *testing.T) {
 	require.NoError(t, ird.AddFile("/x", host))
 	assert.ErrorContains(t, ird.Write(filepath.Join(dir, "out")), "added twice")
 	assert.Error(t, NewInitramfs().AddFile("/d", dir), "a directory is not a file")
+}
+
+// TestInitramfsCloneForARetry: a retry adds init and the plan to a copy
+// of the same files again, which must not count as adding them twice.
+func TestInitramfsCloneForARetry(t *testing.T) {
+	dir := t.TempDir()
+	host := filepath.Join(dir, "f")
+	require.NoError(t, os.WriteFile(host, nil, 0o644))
+	shared := NewInitramfs()
+	require.NoError(t, shared.AddFile("/tests/a.test", host))
+	for i := range 2 {
+		ird := shared.Clone()
+		require.NoError(t, ird.AddFile("/init", host))
+		assert.NoError(t, ird.Write(filepath.Join(dir, fmt.Sprint("out", i))), "boot %d", i+1)
+	}
 }
 
 func TestKernelIn(t *testing.T) {

@@ -40,6 +40,12 @@ func NewInitramfs() *Initramfs {
 	return r
 }
 
+// Clone is a copy that can be added to without changing r: each nested VM
+// boots r plus its own init and plan.
+func (r *Initramfs) Clone() *Initramfs {
+	return &Initramfs{entries: append([]entry(nil), r.entries...)}
+}
+
 // AddDir adds an empty directory.
 func (r *Initramfs) AddDir(name string) {
 	r.entries = append(r.entries, entry{name: clean(name), mode: cpio.S_IFDIR | 0o755})

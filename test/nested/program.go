@@ -173,6 +173,9 @@ func findHost(ctx context.Context, getenv func(string) string) (host, error) {
 // kernel's KVM modules (added to plan, in load order) and plan itself,
 // writes it to work/initramfs.cpio and returns the VM that boots it.
 func (h host) image(ctx context.Context, work string, ird *Initramfs, plan protocol.Plan) (VM, error) {
+	// A retry boots the same files with another plan: add this VM's own
+	// to a copy.
+	ird = ird.Clone()
 	initBin := filepath.Join(work, "init")
 	if err := BuildStatic(ctx, h.gotool, h.root, "./test/nested/nestinit", initBin); err != nil {
 		return VM{}, err
