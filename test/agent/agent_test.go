@@ -32,32 +32,18 @@ import (
 var wispBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "wisp-agent-e2e-")
+	bin, cleanup, err := testutil.BuildWisp()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	wispBin = filepath.Join(dir, "wisp")
-	build := exec.Command("go", "build", "-o", wispBin, "github.com/wisp-vmm/wisp/cmd/wisp")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build wisp:", err)
-		os.Exit(1)
-	}
+	wispBin = bin
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 
-func requireQEMU(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("SKIP (-short): boots Linux under QEMU TCG")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("SKIP: qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
-	}
-}
+func requireQEMU(t *testing.T) { testutil.RequireQEMU(t) }
 
 // host is one agent's directories; an agent process comes and goes on it.
 type host struct {
