@@ -232,15 +232,15 @@ type OpOptions struct {
 
 // HostInfo is what the host has and what its VMs hold.
 type HostInfo struct {
-	CPUs              int     `json:"cpus"`
-	MemoryBytes       uint64  `json:"memory_bytes"`
-	CPUOvercommit     float64 `json:"cpu_overcommit"`
-	UsedCPUs          int     `json:"used_cpus"`
-	UsedMemoryBytes   uint64  `json:"used_memory_bytes"`
-	VMs               int     `json:"vms"`
-	Running           int     `json:"running"`
-	AgentPID          int     `json:"agent_pid"`
-	StoreSchemaVesion int     `json:"store_schema_version"`
+	CPUs               int     `json:"cpus"`
+	MemoryBytes        uint64  `json:"memory_bytes"`
+	CPUOvercommit      float64 `json:"cpu_overcommit"`
+	UsedCPUs           int     `json:"used_cpus"`
+	UsedMemoryBytes    uint64  `json:"used_memory_bytes"`
+	VMs                int     `json:"vms"`
+	Running            int     `json:"running"`
+	AgentPID           int     `json:"agent_pid"`
+	StoreSchemaVersion int     `json:"store_schema_version"`
 }
 
 var errClosed = errors.New("agent is shutting down")

@@ -313,7 +313,7 @@ func TestVMLifecycleOverHTTP(t *testing.T) {
 	var host HostInfo
 	h.mustJSON(t, http.MethodGet, "/v1/host", nil, http.StatusOK, &host)
 	assert.Equal(t, HostInfo{CPUs: 4, MemoryBytes: 4 * testGiB, CPUOvercommit: h.a.cfg.Host.CPUOvercommit, UsedCPUs: 1, UsedMemoryBytes: 64 << 20, VMs: 2,
-		AgentPID: os.Getpid(), StoreSchemaVesion: host.StoreSchemaVesion}, host)
+		AgentPID: os.Getpid(), StoreSchemaVersion: host.StoreSchemaVersion}, host)
 
 	h.mustJSON(t, http.MethodDelete, "/v1/vms/web1", nil, http.StatusNoContent, nil)
 	status, _, body := h.call(t, context.Background(), http.MethodGet, "/v1/vms/web1", nil)

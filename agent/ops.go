@@ -303,7 +303,7 @@ func (a *Agent) Host(context.Context) (HostInfo, error) {
 	h := HostInfo{
 		CPUs: a.cfg.Host.CPUs, MemoryBytes: a.cfg.Host.MemoryBytes, CPUOvercommit: a.cfg.Host.CPUOvercommit,
 		UsedCPUs: used.CPUs, UsedMemoryBytes: used.MemoryBytes, VMs: len(vms), AgentPID: os.Getpid(),
-		StoreSchemaVesion: store.SchemaVersion,
+		StoreSchemaVersion: store.SchemaVersion,
 	}
 	for _, vm := range vms {
 		if vm.Observed == model.ObservedRunning || vm.Observed == model.ObservedPaused {

@@ -422,7 +422,11 @@ func newVMLogsCommand(c *cli, af *agentFlags) *cobra.Command {
 		Short: "Print what a VM's console printed (-f: keep following)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return af.client().Logs(cmd.Context(), args[0], follow, tail, c.stdout)
+			n := tail
+			if n == 0 {
+				n = -1 // the client's "all"
+			}
+			return af.client().Logs(cmd.Context(), args[0], follow, n, c.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")

@@ -527,6 +527,7 @@ func TestAgentBuiltImage(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 
+	assert.Contains(t, wispCLI(t, h, "vm", "logs", "server"), "login:", "vm logs prints the whole console log")
 	ls := wispCLI(t, h, "vm", "ls")
 	assert.Regexp(t, `(?m)^server\s+running\s+running\s+tcg\s+1\s+512M\s+\S+`, ls)
 	inspect := wispCLI(t, h, "vm", "inspect", "server")
