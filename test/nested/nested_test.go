@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -123,11 +124,16 @@ func TestKVMTestsInNestedVM(t *testing.T) {
 		}
 	}
 	res, runErr := runPlan(ctx, t, h, work, ird, plan)
-	if unfinished := unfinishedBinaries(plan, res); errors.Is(runErr, ErrStalled) && len(unfinished) > 0 {
-		// A stuck nested kernel is the emulator's, not the tests': say so
-		// loudly and give the packages it did not get through one fresh VM.
-		t.Logf("RETRY: %v in %s; running %d unfinished package(s) once more in a fresh nested VM",
-			runErr, res.Running(), len(unfinished))
+	if unfinished := unfinishedBinaries(plan, res); (errors.Is(runErr, ErrStalled) || res.KernelCrash != "") && len(unfinished) > 0 {
+		// A stuck or crashed nested kernel is the emulator's, not the
+		// tests': say so loudly and give the packages it did not get
+		// through one fresh VM.
+		why := fmt.Sprint(runErr)
+		if res.KernelCrash != "" {
+			why = "the nested kernel crashed (" + strings.TrimSpace(res.KernelCrash) + ")"
+		}
+		t.Logf("RETRY: %s in %s; running %d unfinished package(s) once more in a fresh nested VM",
+			why, res.Running(), len(unfinished))
 		retry := plan
 		retry.Binaries = unfinished
 		again, againErr := runPlan(ctx, t, h, work, ird, retry)

@@ -50,6 +50,9 @@ type Results struct {
 	Binaries []*BinaryResult
 	Done     bool     // init's DONE marker was seen
 	Tail     []string // the last lines, for messages
+	// KernelCrash is the nested kernel's first oops line: the emulated
+	// CPU under the tests failed, not the tests.
+	KernelCrash string
 
 	current *BinaryResult
 	test    string              // current top-level test of current
@@ -61,6 +64,9 @@ const tailLines = 30
 // Line takes the next console line.
 func (r *Results) Line(line string) {
 	line = strings.TrimRight(line, "\r")
+	if r.KernelCrash == "" && kernelCrashed(line) {
+		r.KernelCrash = line
+	}
 	r.Tail = append(r.Tail, line)
 	if len(r.Tail) > tailLines {
 		r.Tail = r.Tail[len(r.Tail)-tailLines:]
@@ -133,6 +139,16 @@ func (r *Results) testLine(line string) {
 
 // Running names the binary and test that were running when the console
 // stopped, for messages.
+// kernelCrashed tells a line of the nested kernel's own oops or panic.
+func kernelCrashed(line string) bool {
+	for _, mark := range []string{"] BUG: ", "] Oops: ", "] Kernel panic - not syncing"} {
+		if strings.Contains(line, mark) {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *Results) Running() string {
 	if r.current == nil {
 		return "no test binary"
@@ -158,6 +174,6 @@ func (r *Results) Merge(retry *Results) {
 			r.Binaries = append(r.Binaries, b)
 		}
 	}
-	r.KVM, r.Done, r.Errors, r.Tail = retry.KVM, retry.Done, retry.Errors, retry.Tail
+	r.KVM, r.Done, r.Errors, r.Tail, r.KernelCrash = retry.KVM, retry.Done, retry.Errors, retry.Tail, retry.KernelCrash
 	r.current, r.test = retry.current, retry.test
 }

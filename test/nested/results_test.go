@@ -119,3 +119,23 @@ func TestResultsKeepABoundedTail(t *testing.T) {
 	assert.Len(t, r.Tail, tailLines)
 	assert.Equal(t, strings.Repeat("x", 99), r.Tail[tailLines-1])
 }
+
+// TestResultsSeeANestedKernelCrash: the nested kernel's oops (here one a
+// CI run saw) marks the run for a retry; test output that merely says BUG
+// does not.
+func TestResultsSeeANestedKernelCrash(t *testing.T) {
+	tests := []struct {
+		line  string
+		crash bool
+	}{
+		{"[  149.026499] BUG: TASK stack guard page was hit at 0000000006decd0f (stack is 00000000f7ebbd57..000000007d1bf031)", true},
+		{"[   12.000001] Kernel panic - not syncing: Fatal exception", true},
+		{"--- FAIL: TestBUG: found a bug", false},
+		{"    foo_test.go:12: BUG: expected", false},
+	}
+	for _, tt := range tests {
+		r := &Results{}
+		r.Line(tt.line)
+		assert.Equal(t, tt.crash, r.KernelCrash != "", tt.line)
+	}
+}
